@@ -1,0 +1,533 @@
+//! Configuration: one typed [`Config`] resolved from four layers,
+//! defaults < file (`config/dedup2d.toml` or `--config`) < environment < CLI flags.
+//!
+//! The loader takes the environment as a map, so tests never touch the process
+//! environment, and every value remembers where it came from: `dedup2d config`
+//! prints that, and a bad value names its key and source. Nothing here opens a
+//! connection or a file other than the config file itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/dedup2d.toml";
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Cli(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::Cli(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for `{key}` (from {origin}): {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("unknown key `{key}` in config file {path}; known keys are listed by `dedup2d config`")]
+    UnknownKey { key: String, path: PathBuf },
+}
+
+/// One setting: its file key, the environment names that set it (first wins)
+/// and its default as text, parsed like any other layer's value.
+struct Setting {
+    key: &'static str,
+    env: &'static [&'static str],
+    default: &'static str,
+    secret: bool,
+}
+
+const fn setting(key: &'static str, env: &'static [&'static str], default: &'static str) -> Setting {
+    Setting {
+        key,
+        env,
+        default,
+        secret: false,
+    }
+}
+
+const SETTINGS: &[Setting] = &[
+    setting("listen", &["DEDUP2D_LISTEN"], "127.0.0.1:8000"),
+    setting("data_dir", &["DEDUP2D_DATA_DIR"], "./data"),
+    Setting {
+        key: "api_keys",
+        env: &["DEDUP2D_API_KEYS", "API_KEYS", "API_KEY"],
+        default: "",
+        secret: true,
+    },
+    setting("log", &["DEDUP2D_LOG", "RUST_LOG"], "info"),
+    setting("log_format", &["DEDUP2D_LOG_FORMAT"], "text"),
+    setting("async_backend", &["DEDUP2D_ASYNC_BACKEND"], "inprocess"),
+    setting("async_max_concurrency", &["DEDUP2D_ASYNC_MAX_CONCURRENCY"], "2"),
+    setting("async_max_jobs", &["DEDUP2D_ASYNC_MAX_JOBS"], "200"),
+    setting("async_ttl_seconds", &["DEDUP2D_ASYNC_TTL_SECONDS"], "3600"),
+    setting(
+        "async_job_timeout_seconds",
+        &["DEDUP2D_ASYNC_JOB_TIMEOUT_SECONDS"],
+        "300",
+    ),
+    setting("max_deliveries", &["DEDUP2D_MAX_DELIVERIES"], "5"),
+    setting(
+        "worker_shutdown_grace_seconds",
+        &["DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS"],
+        "25",
+    ),
+    setting("file_storage", &["DEDUP2D_FILE_STORAGE"], "local"),
+    // Empty means `<data_dir>/dedup2d_uploads`, which with the default data dir
+    // is the original's `data/dedup2d_uploads`.
+    setting("file_storage_dir", &["DEDUP2D_FILE_STORAGE_DIR"], ""),
+    setting(
+        "file_storage_cleanup_on_finish",
+        &["DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH"],
+        "1",
+    ),
+    setting("max_upload_bytes", &["DEDUP2D_MAX_UPLOAD_BYTES"], "52428800"),
+    setting("max_concurrent_uploads", &["DEDUP2D_MAX_CONCURRENT_UPLOADS"], "64"),
+    setting(
+        "forced_async_file_size_bytes",
+        &["DEDUP2D_FORCED_ASYNC_FILE_SIZE_BYTES"],
+        "5242880",
+    ),
+    setting("forced_async_on_precision", &["DEDUP2D_FORCED_ASYNC_ON_PRECISION"], "1"),
+    setting(
+        "forced_async_on_mode_precise",
+        &["DEDUP2D_FORCED_ASYNC_ON_MODE_PRECISE"],
+        "1",
+    ),
+    setting(
+        "http_header_timeout_seconds",
+        &["DEDUP2D_HTTP_HEADER_TIMEOUT_SECONDS"],
+        "10",
+    ),
+    setting(
+        "http_body_timeout_seconds",
+        &["DEDUP2D_HTTP_BODY_TIMEOUT_SECONDS"],
+        "60",
+    ),
+    setting("http_max_connections", &["DEDUP2D_HTTP_MAX_CONNECTIONS"], "1024"),
+    // Sleeps before each async job runs. It exists so tests and demos can see
+    // jobs in `in_progress` (cancel, timeout, shutdown) while exact matching
+    // is still instant; leave it at 0 in production.
+    setting("job_delay_ms", &["DEDUP2D_JOB_DELAY_MS"], "0"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration. Fields are typed; `sources` remembers where
+/// each came from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub api_keys: Vec<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub async_max_concurrency: usize,
+    pub async_max_jobs: u64,
+    pub async_ttl: Duration,
+    pub async_job_timeout: Duration,
+    pub max_deliveries: u32,
+    pub worker_shutdown_grace: Duration,
+    pub file_storage_dir: PathBuf,
+    pub file_storage_cleanup_on_finish: bool,
+    pub max_upload_bytes: u64,
+    pub max_concurrent_uploads: usize,
+    pub forced_async_file_size_bytes: u64,
+    pub forced_async_on_precision: bool,
+    pub forced_async_on_mode_precise: bool,
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub http_max_connections: usize,
+    pub job_delay: Duration,
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+/// Inputs to [`Config::load`]: everything outside the process that can set a value.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config FILE`; when absent, [`DEFAULT_CONFIG_FILE`] is read if present.
+    pub file: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+    /// `(key, flag name, value)` from the command line.
+    pub cli: Vec<(&'static str, &'static str, String)>,
+}
+
+impl Sources {
+    pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> Self {
+        Sources {
+            env: env.into_iter().collect(),
+            ..Sources::default()
+        }
+    }
+}
+
+impl Config {
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut values: BTreeMap<&'static str, (String, Source)> = SETTINGS
+            .iter()
+            .map(|s| (s.key, (s.default.to_string(), Source::Default)))
+            .collect();
+        let file = sources.file.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+            default.exists().then_some(default)
+        });
+        if let Some(path) = file {
+            for (key, value) in read_file(&path)? {
+                values.insert(key, (value, Source::File(path.clone())));
+            }
+        }
+        for s in SETTINGS {
+            if let Some((name, value)) = s.env.iter().find_map(|name| sources.env.get(*name).map(|v| (name, v))) {
+                values.insert(s.key, (value.clone(), Source::Env(name.to_string())));
+            }
+        }
+        for (key, flag, value) in &sources.cli {
+            values.insert(key, (value.clone(), Source::Cli(flag.to_string())));
+        }
+        Config::from_values(values)
+    }
+
+    fn from_values(values: BTreeMap<&'static str, (String, Source)>) -> Result<Config, ConfigError> {
+        let v = Values(&values);
+        let data_dir: PathBuf = v.parse("data_dir")?;
+        let file_storage_dir = match v.raw("file_storage_dir") {
+            "" => data_dir.join("dedup2d_uploads"),
+            dir => PathBuf::from(dir),
+        };
+        let config = Config {
+            listen: v.parse("listen")?,
+            api_keys: v.csv("api_keys"),
+            log: v.log_filter("log")?,
+            log_format: v.one_of("log_format", &[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+            async_max_concurrency: v.in_range("async_max_concurrency", 1, 256)?,
+            async_max_jobs: v.in_range("async_max_jobs", 1, 100_000_000)?,
+            async_ttl: v.seconds("async_ttl_seconds", 1)?,
+            async_job_timeout: v.seconds("async_job_timeout_seconds", 1)?,
+            max_deliveries: v.in_range("max_deliveries", 1, 1000)?,
+            worker_shutdown_grace: v.seconds("worker_shutdown_grace_seconds", 0)?,
+            file_storage_dir,
+            file_storage_cleanup_on_finish: v.flag("file_storage_cleanup_on_finish")?,
+            max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
+            max_concurrent_uploads: v.in_range("max_concurrent_uploads", 1, 100_000)?,
+            forced_async_file_size_bytes: v.parse("forced_async_file_size_bytes")?,
+            forced_async_on_precision: v.flag("forced_async_on_precision")?,
+            forced_async_on_mode_precise: v.flag("forced_async_on_mode_precise")?,
+            http_header_timeout: v.seconds("http_header_timeout_seconds", 1)?,
+            http_body_timeout: v.seconds("http_body_timeout_seconds", 1)?,
+            http_max_connections: v.in_range("http_max_connections", 1, 1_000_000)?,
+            job_delay: Duration::from_millis(v.parse("job_delay_ms")?),
+            data_dir,
+            values: BTreeMap::new(),
+        };
+        v.check_backends()?;
+        Ok(Config { values, ..config })
+    }
+
+    /// The configuration that an empty environment, no file and no flags give.
+    pub fn defaults() -> Config {
+        let values = SETTINGS
+            .iter()
+            .map(|s| (s.key, (s.default.to_string(), Source::Default)))
+            .collect();
+        Config::from_values(values).expect("built-in defaults are valid")
+    }
+
+    /// `key = value  # source` lines, secrets redacted, for `dedup2d config`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in SETTINGS {
+            let (value, source) = &self.values[s.key];
+            let shown = if s.secret && !value.is_empty() {
+                format!("<{} redacted>", self.api_keys.len())
+            } else {
+                value.clone()
+            };
+            out.push_str(&format!("{} = {:?}  # {}\n", s.key, shown, source));
+        }
+        out
+    }
+
+    pub fn source_of(&self, key: &str) -> Option<&Source> {
+        self.values.get(key).map(|(_, source)| source)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("dedup2d.db")
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let Some(setting) = SETTINGS.iter().find(|s| s.key == key) else {
+            return Err(ConfigError::UnknownKey {
+                key,
+                path: path.to_path_buf(),
+            });
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
+                .collect::<Vec<_>>()
+                .join(","),
+            toml::Value::Boolean(b) => if b { "1" } else { "0" }.to_string(),
+            other => other.to_string(),
+        };
+        out.push((setting.key, text));
+    }
+    Ok(out)
+}
+
+struct Values<'a>(&'a BTreeMap<&'static str, (String, Source)>);
+
+impl Values<'_> {
+    fn raw(&self, key: &'static str) -> &str {
+        self.0[key].0.trim()
+    }
+
+    fn invalid(&self, key: &'static str, reason: impl Into<String>) -> ConfigError {
+        let (value, source) = &self.0[key];
+        ConfigError::Invalid {
+            key,
+            value: value.clone(),
+            origin: source.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn parse<T: FromStr>(&self, key: &'static str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        self.raw(key)
+            .parse()
+            .map_err(|e: T::Err| self.invalid(key, e.to_string()))
+    }
+
+    fn in_range<T>(&self, key: &'static str, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value: T = self.parse(key)?;
+        if value < min || value > max {
+            return Err(self.invalid(key, format!("must be between {min} and {max}")));
+        }
+        Ok(value)
+    }
+
+    fn seconds(&self, key: &'static str, min: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.in_range(key, min, 7 * 24 * 3600)?))
+    }
+
+    fn flag(&self, key: &'static str) -> Result<bool, ConfigError> {
+        match self.raw(key).to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(self.invalid(key, "expected 1/0, true/false, yes/no or on/off")),
+        }
+    }
+
+    fn one_of<T: Copy>(&self, key: &'static str, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let raw = self.raw(key).to_ascii_lowercase();
+        choices
+            .iter()
+            .find(|(name, _)| *name == raw)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
+                self.invalid(key, format!("expected one of {}", names.join(", ")))
+            })
+    }
+
+    fn csv(&self, key: &'static str) -> Vec<String> {
+        self.raw(key)
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn log_filter(&self, key: &'static str) -> Result<String, ConfigError> {
+        let raw = self.raw(key);
+        tracing_subscriber::EnvFilter::builder()
+            .parse(raw)
+            .map_err(|e| self.invalid(key, e.to_string()))?;
+        Ok(raw.to_string())
+    }
+
+    /// Redis and S3 arrive with later issues; saying so beats silently running
+    /// on the embedded backends an operator did not ask for.
+    fn check_backends(&self) -> Result<(), ConfigError> {
+        match self.raw("async_backend") {
+            "inprocess" => {}
+            "redis" => {
+                return Err(self.invalid(
+                    "async_backend",
+                    "the redis backend is not built yet (issue #4); use inprocess",
+                ));
+            }
+            _ => return Err(self.invalid("async_backend", "expected inprocess or redis")),
+        }
+        match self.raw("file_storage") {
+            "local" => Ok(()),
+            "s3" => Err(self.invalid("file_storage", "s3 storage is not built yet (issue #5); use local")),
+            _ => Err(self.invalid("file_storage", "expected local or s3")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load(
+        file: Option<&str>,
+        env_pairs: &[(&str, &str)],
+        cli: &[(&'static str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file.map(|text| {
+            let path = dir.path().join("dedup2d.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        Config::load(&Sources {
+            file: path,
+            env: env(env_pairs),
+            cli: cli.iter().map(|(k, v)| (*k, "--flag", v.to_string())).collect(),
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.file_storage_dir, PathBuf::from("./data/dedup2d_uploads"));
+        assert_eq!(c.async_max_jobs, 200);
+        assert_eq!(c.async_max_concurrency, 2);
+        assert_eq!(c.max_upload_bytes, 50 << 20);
+        assert_eq!(c.forced_async_file_size_bytes, 5 << 20);
+        assert_eq!(c.async_ttl, Duration::from_secs(3600));
+        assert_eq!(c.async_job_timeout, Duration::from_secs(300));
+        assert!(c.api_keys.is_empty());
+    }
+
+    #[test]
+    fn later_layers_win_and_remember_their_source() {
+        let c = load(
+            Some("listen = \"127.0.0.1:1\"\nasync_max_jobs = 7\nlog_format = \"json\"\n"),
+            &[("DEDUP2D_LISTEN", "127.0.0.1:2"), ("DEDUP2D_ASYNC_MAX_JOBS", "9")],
+            &[("listen", "127.0.0.1:3")],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3");
+        assert_eq!(c.async_max_jobs, 9);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(matches!(c.source_of("listen"), Some(Source::Cli(_))));
+        assert_eq!(
+            c.source_of("async_max_jobs"),
+            Some(&Source::Env("DEDUP2D_ASYNC_MAX_JOBS".into()))
+        );
+        assert!(matches!(c.source_of("log_format"), Some(Source::File(_))));
+        assert_eq!(c.source_of("data_dir"), Some(&Source::Default));
+    }
+
+    #[test]
+    fn api_keys_come_from_any_of_the_contract_names_and_are_redacted() {
+        let c = load(None, &[("API_KEYS", "alpha, beta,,")], &[]).unwrap();
+        assert_eq!(c.api_keys, vec!["alpha", "beta"]);
+        let c = load(None, &[("API_KEY", "solo"), ("DEDUP2D_API_KEYS", "first")], &[]).unwrap();
+        assert_eq!(c.api_keys, vec!["first"]);
+        let shown = c.describe();
+        assert!(!shown.contains("first"), "{shown}");
+        assert!(
+            shown.contains("api_keys = \"<1 redacted>\"  # env DEDUP2D_API_KEYS"),
+            "{shown}"
+        );
+        let c = load(Some("api_keys = [\"k1\", \"k2\"]\n"), &[], &[]).unwrap();
+        assert_eq!(c.api_keys, vec!["k1", "k2"]);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_source() {
+        let err = load(None, &[("DEDUP2D_ASYNC_MAX_JOBS", "lots")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("async_max_jobs") && err.contains("env DEDUP2D_ASYNC_MAX_JOBS"),
+            "{err}"
+        );
+        let err = load(Some("max_upload_bytes = 0\n"), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("max_upload_bytes") && err.contains("file "), "{err}");
+        let err = load(None, &[], &[("listen", "nowhere")]).unwrap_err().to_string();
+        assert!(err.contains("listen") && err.contains("flag --flag"), "{err}");
+        let err = load(None, &[("DEDUP2D_LOG", "info,[[")], &[]).unwrap_err().to_string();
+        assert!(err.contains("`log`"), "{err}");
+        let err = load(None, &[("DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH", "maybe")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("file_storage_cleanup_on_finish"), "{err}");
+    }
+
+    #[test]
+    fn backends_not_built_yet_are_refused_by_name() {
+        let err = load(None, &[("DEDUP2D_ASYNC_BACKEND", "redis")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("issue #4"), "{err}");
+        let err = load(None, &[("DEDUP2D_FILE_STORAGE", "s3")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("issue #5"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_broken_files_are_errors() {
+        let err = load(Some("lisen = \"x\"\n"), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown key `lisen`"), "{err}");
+        let err = load(Some("listen = \n"), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("cannot read config file"), "{err}");
+    }
+}

@@ -1,0 +1,549 @@
+//! The embedded backend: jobs, libraries and stats in one SQLite database
+//! under the data dir, for `serve` with nothing else installed.
+//!
+//! One process owns a data dir (an exclusive lock file says so), which is what
+//! makes the in-memory capacity count exact and lets start-up treat every
+//! `in_progress` row as orphaned by a previous run. Commits use WAL with
+//! `synchronous=NORMAL`: a killed process loses nothing it committed.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::engine::Features;
+use crate::jobs::{CancelOutcome, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
+use crate::library::{Drawing, LibraryError, LibraryStore};
+use crate::stats::{StatsError, StatsStore, TenantStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("another dedup2d process is using data dir {0}; stop it or choose another --data-dir")]
+    Locked(String),
+    #[error("cannot open the database at {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    payload TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    callback_status TEXT,
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_http_status INTEGER,
+    callback_finished_at REAL,
+    callback_last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs(tenant_id, created_at);
+CREATE TABLE IF NOT EXISTS drawings (
+    tenant_id TEXT NOT NULL,
+    drawing_id TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    file_hash TEXT NOT NULL,
+    file_ref TEXT NOT NULL,
+    features TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, drawing_id)
+);
+CREATE INDEX IF NOT EXISTS drawings_by_age ON drawings(tenant_id, created_at);
+CREATE TABLE IF NOT EXISTS tenant_stats (
+    tenant_id TEXT PRIMARY KEY,
+    processed INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    dup_skipped INTEGER NOT NULL DEFAULT 0
+);
+";
+
+struct Inner {
+    conn: Connection,
+    /// Pending plus running jobs. Kept beside the connection, under its lock,
+    /// so the capacity check and the insert are one step.
+    live_jobs: u64,
+    ttl_seconds: f64,
+}
+
+/// The embedded database. Clones share one connection.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Mutex<Inner>>,
+    _lock: Arc<File>,
+}
+
+impl Db {
+    /// Opens (creating) `dedup2d.db` in `data_dir`, takes the data-dir lock and
+    /// returns jobs orphaned by a previous run to pending.
+    pub fn open(data_dir: &Path, ttl: std::time::Duration) -> Result<Db, DbError> {
+        let open_error = |reason: String| DbError::Open {
+            path: data_dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_error(e.to_string()))?;
+        let lock = File::create(data_dir.join("dedup2d.lock")).map_err(|e| open_error(e.to_string()))?;
+        if lock.try_lock().is_err() {
+            return Err(DbError::Locked(data_dir.display().to_string()));
+        }
+        let conn = Connection::open(data_dir.join("dedup2d.db")).map_err(|e| open_error(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.pragma_update(None, "synchronous", "normal")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let recovered = conn.execute(
+            "UPDATE jobs SET status = 'pending', started_at = NULL WHERE status = 'in_progress'",
+            [],
+        )?;
+        if recovered > 0 {
+            tracing::info!(
+                message = "jobs left running by the previous run go back to pending",
+                recovered
+            );
+        }
+        let live_jobs: u64 = conn.query_row(
+            "SELECT count(*) FROM jobs WHERE status IN ('pending', 'in_progress')",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Db {
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                live_jobs,
+                ttl_seconds: ttl.as_secs_f64(),
+            })),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Inner) -> Result<T, DbError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Readiness: the database answers a query.
+    pub async fn check(&self) -> Result<(), DbError> {
+        self.call(|inner| Ok(inner.conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+}
+
+impl From<DbError> for JobError {
+    fn from(e: DbError) -> Self {
+        JobError::Unavailable(e.to_string())
+    }
+}
+
+impl From<DbError> for LibraryError {
+    fn from(e: DbError) -> Self {
+        LibraryError::Unavailable(e.to_string())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, DbError> {
+    serde_json::to_string(value).map_err(|e| DbError::Task(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, column: usize) -> rusqlite::Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+const JOB_COLUMNS: &str = "job_id, tenant_id, status, created_at, started_at, finished_at, result, error, \
+     callback_status, callback_attempts, callback_http_status, callback_finished_at, callback_last_error";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let status: String = row.get(2)?;
+    let result: Option<String> = row.get(6)?;
+    Ok(Job {
+        job_id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        created_at: row.get(3)?,
+        started_at: row.get(4)?,
+        finished_at: row.get(5)?,
+        result: result.map(|r| from_json(&r, 6)).transpose()?,
+        error: row.get(7)?,
+        callback_status: row.get(8)?,
+        callback_attempts: row.get(9)?,
+        callback_http_status: row.get(10)?,
+        callback_finished_at: row.get(11)?,
+        callback_last_error: row.get(12)?,
+    })
+}
+
+#[async_trait]
+impl JobStore for Db {
+    async fn admit(&self, job: NewJob, max_jobs: u64) -> Result<(), JobError> {
+        let payload = to_json(&job.payload)?;
+        self.call(move |inner| {
+            if inner.live_jobs >= max_jobs {
+                return Ok(Err(JobError::QueueFull {
+                    max: max_jobs,
+                    current: inner.live_jobs,
+                }));
+            }
+            inner.conn.prepare_cached(
+                "INSERT INTO jobs (job_id, tenant_id, status, created_at, expires_at, payload) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+            )?
+            .execute(params![job.job_id, job.payload.tenant_id, job.created_at, job.created_at + inner.ttl_seconds, payload])?;
+            inner.live_jobs += 1;
+            Ok(Ok(()))
+        })
+        .await?
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, JobError> {
+        let job_id = job_id.to_string();
+        Ok(self
+            .call(move |inner| {
+                let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?1");
+                Ok(inner
+                    .conn
+                    .prepare_cached(&sql)?
+                    .query_row([job_id], job_from_row)
+                    .optional()?)
+            })
+            .await?)
+    }
+
+    async fn list(&self, tenant_id: &str, status: Option<Status>, limit: u32) -> Result<(Vec<Job>, u64), JobError> {
+        let tenant_id = tenant_id.to_string();
+        let status = status.map(|s| s.as_str().to_string());
+        Ok(self
+            .call(move |inner| {
+                let filter = "tenant_id = ?1 AND (?2 IS NULL OR status = ?2)";
+                let sql = format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE {filter} ORDER BY created_at DESC, seq DESC LIMIT ?3"
+                );
+                let jobs = inner
+                    .conn
+                    .prepare_cached(&sql)?
+                    .query_map(params![tenant_id, status, limit], job_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let total: u64 = inner
+                    .conn
+                    .prepare_cached(&format!("SELECT count(*) FROM jobs WHERE {filter}"))?
+                    .query_row(params![tenant_id, status], |r| r.get(0))?;
+                Ok((jobs, total))
+            })
+            .await?)
+    }
+
+    async fn cancel(&self, job_id: &str, tenant_id: &str, now: f64) -> Result<CancelOutcome, JobError> {
+        let job_id = job_id.to_string();
+        let tenant_id = tenant_id.to_string();
+        Ok(self
+            .call(move |inner| {
+                let tx = inner.conn.transaction()?;
+                let row: Option<(String, String, String)> = tx
+                    .query_row("SELECT tenant_id, status, payload FROM jobs WHERE job_id = ?1", [&job_id], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                let Some((owner, status, payload)) = row else {
+                    return Ok(CancelOutcome::NotFound);
+                };
+                if owner != tenant_id {
+                    return Ok(CancelOutcome::Forbidden);
+                }
+                let status = Status::parse(&status).unwrap_or(Status::Failed);
+                if status.is_terminal() {
+                    return Ok(CancelOutcome::AlreadyFinished(status));
+                }
+                tx.execute(
+                    "UPDATE jobs SET status = 'canceled', cancel_requested = 1, finished_at = ?2, expires_at = ?3 WHERE job_id = ?1",
+                    params![job_id, now, now + inner.ttl_seconds],
+                )?;
+                tx.commit()?;
+                inner.live_jobs = inner.live_jobs.saturating_sub(1);
+                let payload: Payload = from_json(&payload, 2)?;
+                Ok(CancelOutcome::Canceled {
+                    was: status,
+                    file_ref: payload.file_ref,
+                })
+            })
+            .await?)
+    }
+
+    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Option<Claimed>, JobError> {
+        Ok(self
+            .call(move |inner| {
+                loop {
+                    let tx = inner.conn.transaction()?;
+                    let row: Option<(String, u32, String, f64)> = tx
+                        .query_row(
+                            "SELECT job_id, attempt, payload, created_at FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1",
+                            [],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                        )
+                        .optional()?;
+                    let Some((job_id, attempt, payload, created_at)) = row else {
+                        return Ok(None);
+                    };
+                    if attempt >= max_deliveries {
+                        // A job that took its process down this often would
+                        // keep doing so; end it instead of crash-looping.
+                        tx.execute(
+                            "UPDATE jobs SET status = 'failed', finished_at = ?2, expires_at = ?3, error = ?4 WHERE job_id = ?1",
+                            params![job_id, now, now + inner.ttl_seconds, format!("gave up after {attempt} deliveries that did not finish")],
+                        )?;
+                        tx.commit()?;
+                        inner.live_jobs = inner.live_jobs.saturating_sub(1);
+                        continue;
+                    }
+                    tx.execute(
+                        "UPDATE jobs SET status = 'in_progress', started_at = ?2, attempt = attempt + 1 WHERE job_id = ?1",
+                        params![job_id, now],
+                    )?;
+                    tx.commit()?;
+                    return Ok(Some(Claimed {
+                        job_id,
+                        attempt: attempt + 1,
+                        payload: from_json(&payload, 2)?,
+                        created_at,
+                    }));
+                }
+            })
+            .await?)
+    }
+
+    async fn finish(&self, job: &Claimed, outcome: Outcome, now: f64) -> Result<bool, JobError> {
+        let job_id = job.job_id.clone();
+        let attempt = job.attempt;
+        let (status, result, error) = match outcome {
+            Outcome::Completed(result) => (Status::Completed, Some(to_json(&result)?), None),
+            Outcome::Failed(error) => (Status::Failed, None, Some(error)),
+        };
+        Ok(self
+            .call(move |inner| {
+                let changed = inner
+                    .conn
+                    .prepare_cached(
+                        "UPDATE jobs SET status = ?3, result = ?4, error = ?5, finished_at = ?6, expires_at = ?7 \
+                     WHERE job_id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+                    )?
+                    .execute(params![
+                        job_id,
+                        attempt,
+                        status.as_str(),
+                        result,
+                        error,
+                        now,
+                        now + inner.ttl_seconds
+                    ])?;
+                if changed > 0 {
+                    inner.live_jobs = inner.live_jobs.saturating_sub(1);
+                }
+                Ok(changed > 0)
+            })
+            .await?)
+    }
+
+    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError> {
+        let job_id = job.job_id.clone();
+        let attempt = job.attempt;
+        Ok(self
+            .call(move |inner| {
+                // The attempt is not counted against max_deliveries: the job
+                // did not fail, its process was told to stop.
+                inner.conn.execute(
+                    "UPDATE jobs SET status = 'pending', started_at = NULL, attempt = attempt - 1 \
+                     WHERE job_id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+                    params![job_id, attempt],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn counts(&self) -> Result<Counts, JobError> {
+        Ok(self
+            .call(|inner| {
+                let running: u64 = inner
+                    .conn
+                    .prepare_cached("SELECT count(*) FROM jobs WHERE status = 'in_progress'")?
+                    .query_row([], |r| r.get(0))?;
+                Ok(Counts {
+                    pending: inner.live_jobs.saturating_sub(running),
+                    running,
+                })
+            })
+            .await?)
+    }
+
+    async fn expire(&self, now: f64) -> Result<u64, JobError> {
+        Ok(self
+            .call(move |inner| {
+                let removed = inner.conn.execute(
+                    "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'canceled') AND expires_at < ?1",
+                    [now],
+                )?;
+                Ok(removed as u64)
+            })
+            .await?)
+    }
+}
+
+const DRAWING_COLUMNS: &str = "tenant_id, drawing_id, file_name, file_hash, file_ref, features, created_at";
+
+fn drawing_from_row(row: &Row<'_>) -> rusqlite::Result<Drawing> {
+    let file_ref: String = row.get(4)?;
+    let features: String = row.get(5)?;
+    Ok(Drawing {
+        tenant_id: row.get(0)?,
+        drawing_id: row.get(1)?,
+        file_name: row.get(2)?,
+        file_hash: row.get(3)?,
+        file_ref: from_json(&file_ref, 4)?,
+        features: from_json(&features, 5)?,
+        created_at: row.get(6)?,
+    })
+}
+
+#[async_trait]
+impl LibraryStore for Db {
+    async fn insert(&self, drawing: &Drawing) -> Result<(), LibraryError> {
+        let d = drawing.clone();
+        let file_ref = to_json(&d.file_ref)?;
+        let features = to_json(&d.features)?;
+        let inserted = self
+            .call(move |inner| {
+                let sql =
+                    format!("INSERT OR IGNORE INTO drawings ({DRAWING_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+                Ok(inner.conn.execute(
+                    &sql,
+                    params![
+                        d.tenant_id,
+                        d.drawing_id,
+                        d.file_name,
+                        d.file_hash,
+                        file_ref,
+                        features,
+                        d.created_at
+                    ],
+                )?)
+            })
+            .await?;
+        match inserted {
+            0 => Err(LibraryError::Exists(drawing.drawing_id.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn remove(&self, tenant_id: &str, drawing_id: &str) -> Result<Option<Drawing>, LibraryError> {
+        let (tenant_id, drawing_id) = (tenant_id.to_string(), drawing_id.to_string());
+        Ok(self
+            .call(move |inner| {
+                let sql = format!(
+                    "DELETE FROM drawings WHERE tenant_id = ?1 AND drawing_id = ?2 RETURNING {DRAWING_COLUMNS}"
+                );
+                Ok(inner
+                    .conn
+                    .query_row(&sql, params![tenant_id, drawing_id], drawing_from_row)
+                    .optional()?)
+            })
+            .await?)
+    }
+
+    async fn all(&self, tenant_id: &str) -> Result<Vec<Drawing>, LibraryError> {
+        Ok(self.page(tenant_id, u32::MAX, 0).await?.0)
+    }
+
+    async fn page(&self, tenant_id: &str, limit: u32, offset: u64) -> Result<(Vec<Drawing>, u64), LibraryError> {
+        let tenant_id = tenant_id.to_string();
+        Ok(self
+            .call(move |inner| {
+                let sql = format!(
+                    "SELECT {DRAWING_COLUMNS} FROM drawings WHERE tenant_id = ?1 ORDER BY created_at, drawing_id LIMIT ?2 OFFSET ?3"
+                );
+                let drawings = inner
+                    .conn
+                    .prepare_cached(&sql)?
+                    .query_map(params![tenant_id, limit, offset as i64], drawing_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let total: u64 =
+                    inner.conn.query_row("SELECT count(*) FROM drawings WHERE tenant_id = ?1", [&tenant_id], |r| r.get(0))?;
+                Ok((drawings, total))
+            })
+            .await?)
+    }
+
+    async fn set_features(&self, tenant_id: &str, drawing_id: &str, features: &Features) -> Result<(), LibraryError> {
+        let (tenant_id, drawing_id) = (tenant_id.to_string(), drawing_id.to_string());
+        let hash = features.file_hash.clone();
+        let features = to_json(features)?;
+        Ok(self
+            .call(move |inner| {
+                inner.conn.execute(
+                    "UPDATE drawings SET features = ?3, file_hash = ?4 WHERE tenant_id = ?1 AND drawing_id = ?2",
+                    params![tenant_id, drawing_id, features, hash],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl StatsStore for Db {
+    async fn add(&self, tenant_id: &str, delta: TenantStats) -> Result<(), StatsError> {
+        let tenant_id = tenant_id.to_string();
+        self.call(move |inner| {
+            inner.conn.prepare_cached(
+                "INSERT INTO tenant_stats (tenant_id, processed, rejected, dup_skipped) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET processed = processed + ?2, rejected = rejected + ?3, dup_skipped = dup_skipped + ?4",
+            )?
+            .execute(params![tenant_id, delta.processed, delta.rejected, delta.dup_skipped])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StatsError(e.to_string()))
+    }
+
+    async fn get(&self, tenant_id: &str) -> Result<TenantStats, StatsError> {
+        let tenant_id = tenant_id.to_string();
+        self.call(move |inner| {
+            Ok(inner
+                .conn
+                .query_row(
+                    "SELECT processed, rejected, dup_skipped FROM tenant_stats WHERE tenant_id = ?1",
+                    [tenant_id],
+                    |r| {
+                        Ok(TenantStats {
+                            processed: r.get(0)?,
+                            rejected: r.get(1)?,
+                            dup_skipped: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?
+                .unwrap_or_default())
+        })
+        .await
+        .map_err(|e| StatsError(e.to_string()))
+    }
+}

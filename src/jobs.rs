@@ -1,0 +1,147 @@
+//! Async search jobs: the job model, its statuses, and the [`JobStore`] seam
+//! that the embedded database implements now and Redis implements later.
+//! Nothing here knows HTTP or how a backend lays out its keys.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::SearchParams;
+use crate::store::FileRef;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Pending,
+        Status::InProgress,
+        Status::Completed,
+        Status::Failed,
+        Status::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Canceled)
+    }
+}
+
+/// What a worker needs to run a job (CONTRACT §2 payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    pub tenant_id: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub file_ref: FileRef,
+    pub request_params: SearchParams,
+    pub callback_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: String,
+    pub created_at: f64,
+    pub payload: Payload,
+}
+
+/// A job as clients see it (CONTRACT §1 job shape).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub status: Status,
+    pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub callback_status: Option<String>,
+    pub callback_attempts: u32,
+    pub callback_http_status: Option<u16>,
+    pub callback_finished_at: Option<f64>,
+    pub callback_last_error: Option<String>,
+}
+
+/// A job a runner owns until it finishes or hands it back. `attempt` fences
+/// the runner: a finish for an older attempt changes nothing.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job_id: String,
+    pub attempt: u32,
+    pub payload: Payload,
+    pub created_at: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Completed(serde_json::Value),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was pending or running and is canceled now; the upload can go.
+    Canceled {
+        was: Status,
+        file_ref: FileRef,
+    },
+    AlreadyFinished(Status),
+    NotFound,
+    Forbidden,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub pending: u64,
+    pub running: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the job queue is full ({current} of {max} jobs)")]
+    QueueFull { max: u64, current: u64 },
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where jobs live. Admission is one atomic step: the capacity check and the
+/// insert cannot interleave with another admission.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn admit(&self, job: NewJob, max_jobs: u64) -> Result<(), JobError>;
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, JobError>;
+    /// Newest first, with the total that matches the filter.
+    async fn list(&self, tenant_id: &str, status: Option<Status>, limit: u32) -> Result<(Vec<Job>, u64), JobError>;
+    async fn cancel(&self, job_id: &str, tenant_id: &str, now: f64) -> Result<CancelOutcome, JobError>;
+    /// Takes the oldest pending job; jobs claimed `max_deliveries` times
+    /// already end `failed` instead of running again.
+    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Option<Claimed>, JobError>;
+    /// Records the outcome unless the job was canceled or re-claimed since;
+    /// returns whether it was recorded.
+    async fn finish(&self, job: &Claimed, outcome: Outcome, now: f64) -> Result<bool, JobError>;
+    /// Puts a running job back to pending, for another run.
+    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError>;
+    async fn counts(&self) -> Result<Counts, JobError>;
+    /// Deletes finished jobs whose time to live has passed.
+    async fn expire(&self, now: f64) -> Result<u64, JobError>;
+}

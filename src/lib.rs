@@ -1,0 +1,27 @@
+//! dedup2d finds duplicate and near-duplicate 2D drawings in each tenant's
+//! library. See ARCHITECTURE.md for the map; in short:
+//!
+//! - [`cli`] parses the command line and dispatches to a command's `run`
+//!   ([`serve`] for now);
+//! - [`config`] resolves defaults < file < env < flags;
+//! - [`api`] is the only module that knows HTTP;
+//! - [`engine`] is pure matching: bytes in, features and scores out;
+//! - [`jobs`], [`library`] and [`stats`] define the storage seams, which
+//!   [`embedded`] implements on SQLite; [`store`] owns file paths;
+//! - [`runner`] runs async jobs in-process; [`search`] is one search.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod engine;
+pub mod jobs;
+pub mod library;
+pub mod runner;
+pub mod search;
+pub mod serve;
+pub mod shutdown;
+pub mod stats;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,244 @@
+//! Each tenant's drawing library: persisted drawings behind the
+//! [`LibraryStore`] seam, and the in-memory [`Index`] searches run against.
+//!
+//! Indexes load lazily from stored features (start-up never re-reads
+//! drawings). Writes for one tenant go through one lock, so a rebuild cannot
+//! drop a concurrent add or bring back a concurrent delete.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::engine::{self, Entry, Features, Index, Limits, SearchParams, SearchResult};
+use crate::store::{FileRef, Files, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drawing {
+    pub drawing_id: String,
+    #[serde(skip)]
+    pub tenant_id: String,
+    pub file_name: String,
+    pub file_hash: String,
+    #[serde(skip)]
+    pub file_ref: FileRef,
+    #[serde(skip)]
+    pub features: Features,
+    pub created_at: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("drawing `{0}` already exists in this library")]
+    Exists(String),
+    #[error("library unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait LibraryStore: Send + Sync {
+    async fn insert(&self, drawing: &Drawing) -> Result<(), LibraryError>;
+    async fn remove(&self, tenant_id: &str, drawing_id: &str) -> Result<Option<Drawing>, LibraryError>;
+    async fn all(&self, tenant_id: &str) -> Result<Vec<Drawing>, LibraryError>;
+    /// Oldest first, with the tenant's total.
+    async fn page(&self, tenant_id: &str, limit: u32, offset: u64) -> Result<(Vec<Drawing>, u64), LibraryError>;
+    async fn set_features(&self, tenant_id: &str, drawing_id: &str, features: &Features) -> Result<(), LibraryError>;
+}
+
+#[derive(Default)]
+struct Tenant {
+    index: RwLock<Option<Arc<Index>>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+pub struct Library {
+    store: Arc<dyn LibraryStore>,
+    files: Arc<Files>,
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LoadedIndexes {
+    pub tenants: usize,
+    pub drawings: usize,
+}
+
+pub struct RebuildReport {
+    pub drawings: usize,
+    pub unreadable: Vec<String>,
+}
+
+impl Library {
+    pub fn new(store: Arc<dyn LibraryStore>, files: Arc<Files>) -> Library {
+        Library {
+            store,
+            files,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn add(
+        &self,
+        tenant_id: &str,
+        drawing_id: Option<String>,
+        file_name: &str,
+        bytes: Bytes,
+        features: Features,
+        now: f64,
+    ) -> Result<Drawing, LibraryError> {
+        let tenant = self.tenant(tenant_id);
+        let _writer = tenant.writer.lock().await;
+        let index = self.index_for_writer(tenant_id, &tenant).await?;
+        let drawing_id = drawing_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        if index.contains(&drawing_id) {
+            return Err(LibraryError::Exists(drawing_id));
+        }
+        let file_ref = self.files.put_drawing(tenant_id, file_name, bytes).await?;
+        let drawing = Drawing {
+            drawing_id,
+            tenant_id: tenant_id.to_string(),
+            file_name: file_name.to_string(),
+            file_hash: features.file_hash.clone(),
+            file_ref,
+            features,
+            created_at: now,
+        };
+        if let Err(e) = self.store.insert(&drawing).await {
+            let _ = self.files.delete(&drawing.file_ref).await;
+            return Err(e);
+        }
+        self.update_index(&tenant, |index| index.insert(entry_of(&drawing)));
+        Ok(drawing)
+    }
+
+    pub async fn delete(&self, tenant_id: &str, drawing_id: &str) -> Result<bool, LibraryError> {
+        let tenant = self.tenant(tenant_id);
+        let _writer = tenant.writer.lock().await;
+        self.index_for_writer(tenant_id, &tenant).await?;
+        let Some(drawing) = self.store.remove(tenant_id, drawing_id).await? else {
+            return Ok(false);
+        };
+        self.update_index(&tenant, |index| {
+            index.remove(drawing_id);
+        });
+        if let Err(error) = self.files.delete(&drawing.file_ref).await {
+            tracing::warn!(message = "deleted drawing's file stays behind", drawing_id, %error);
+        }
+        Ok(true)
+    }
+
+    pub async fn page(&self, tenant_id: &str, limit: u32, offset: u64) -> Result<(Vec<Drawing>, u64), LibraryError> {
+        self.store.page(tenant_id, limit, offset).await
+    }
+
+    pub async fn search(
+        &self,
+        tenant_id: &str,
+        query: &Features,
+        params: &SearchParams,
+        fingerprint_ms: f64,
+    ) -> Result<SearchResult, LibraryError> {
+        let tenant = self.tenant(tenant_id);
+        let index = self.index(tenant_id, &tenant).await?;
+        Ok(index.search(query, params, fingerprint_ms))
+    }
+
+    /// Re-reads every stored drawing, recomputes its features and swaps in a
+    /// fresh index. Drawings that no longer read are reported and kept out.
+    pub async fn rebuild(&self, tenant_id: &str, limits: Limits) -> Result<RebuildReport, LibraryError> {
+        let tenant = self.tenant(tenant_id);
+        let _writer = tenant.writer.lock().await;
+        let mut index = Index::default();
+        let mut unreadable = Vec::new();
+        for mut drawing in self.store.all(tenant_id).await? {
+            let bytes = self.files.get(&drawing.file_ref).await?;
+            let features = tokio::task::spawn_blocking(move || engine::fingerprint(&bytes, limits))
+                .await
+                .map_err(|e| LibraryError::Unavailable(e.to_string()))?;
+            match features {
+                Ok(features) => {
+                    if features != drawing.features {
+                        self.store
+                            .set_features(tenant_id, &drawing.drawing_id, &features)
+                            .await?;
+                        drawing.features = features;
+                    }
+                    index.insert(entry_of(&drawing));
+                }
+                Err(error) => {
+                    tracing::warn!(message = "drawing no longer reads", drawing_id = %drawing.drawing_id, %error);
+                    unreadable.push(drawing.drawing_id);
+                }
+            }
+        }
+        let drawings = index.len();
+        *tenant.index.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
+        Ok(RebuildReport { drawings, unreadable })
+    }
+
+    pub fn loaded(&self) -> LoadedIndexes {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants.values().fold(LoadedIndexes::default(), |acc, t| {
+            match t.index.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(index) => LoadedIndexes {
+                    tenants: acc.tenants + 1,
+                    drawings: acc.drawings + index.len(),
+                },
+                None => acc,
+            }
+        })
+    }
+
+    fn tenant(&self, tenant_id: &str) -> Arc<Tenant> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants.entry(tenant_id.to_string()).or_default().clone()
+    }
+
+    fn loaded_index(tenant: &Tenant) -> Option<Arc<Index>> {
+        tenant.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// For readers. Loading takes the writer lock, so a load can never
+    /// overwrite an add or delete that ran while it read the store.
+    async fn index(&self, tenant_id: &str, tenant: &Tenant) -> Result<Arc<Index>, LibraryError> {
+        if let Some(index) = Self::loaded_index(tenant) {
+            return Ok(index);
+        }
+        let _writer = tenant.writer.lock().await;
+        self.index_for_writer(tenant_id, tenant).await
+    }
+
+    /// For callers that hold `tenant.writer`.
+    async fn index_for_writer(&self, tenant_id: &str, tenant: &Tenant) -> Result<Arc<Index>, LibraryError> {
+        if let Some(index) = Self::loaded_index(tenant) {
+            return Ok(index);
+        }
+        let mut index = Index::default();
+        for drawing in self.store.all(tenant_id).await? {
+            index.insert(entry_of(&drawing));
+        }
+        let index = Arc::new(index);
+        *tenant.index.write().unwrap_or_else(|e| e.into_inner()) = Some(index.clone());
+        Ok(index)
+    }
+
+    /// Copy-on-write: searches keep the `Arc` they hold while a writer swaps.
+    fn update_index(&self, tenant: &Tenant, change: impl FnOnce(&mut Index)) {
+        let mut slot = tenant.index.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = slot.as_mut() {
+            change(Arc::make_mut(current));
+        }
+    }
+}
+
+fn entry_of(drawing: &Drawing) -> Entry {
+    Entry {
+        drawing_id: drawing.drawing_id.clone(),
+        file_name: drawing.file_name.clone(),
+        features: drawing.features.clone(),
+    }
+}

@@ -1,0 +1,75 @@
+//! `dedup2d serve`: the API with the embedded backend and its job runners, in
+//! one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::app::{App, now};
+use crate::config::Config;
+use crate::runner;
+
+/// How often finished jobs past their TTL are removed and gauges refreshed.
+const UPKEEP_EVERY: Duration = Duration::from_secs(15);
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    refuse_open_on_network(&config, config.listen)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    run_on(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0 first).
+pub async fn run_on(listener: TcpListener, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    refuse_open_on_network(&config, address)?;
+    let grace = config.worker_shutdown_grace;
+    let app = App::open(config)?;
+    tracing::info!(
+        message = "dedup2d serving",
+        %address,
+        data_dir = %app.config.data_dir.display(),
+        tenants = if app.config.api_keys.is_empty() { "local (no API keys)".to_string() } else { app.config.api_keys.len().to_string() },
+    );
+    let runners = tokio::spawn(runner::run(app.clone(), shutdown.clone()));
+    let upkeep = tokio::spawn(upkeep(app.clone(), shutdown.clone()));
+    api::serve(listener, app.clone(), shutdown.clone(), grace).await;
+    let _ = runners.await;
+    let _ = upkeep.await;
+    tracing::info!(message = "dedup2d stopped");
+    Ok(())
+}
+
+/// Without keys every request is the one local tenant, which is only safe
+/// where nobody else can connect.
+fn refuse_open_on_network(config: &Config, address: std::net::SocketAddr) -> anyhow::Result<()> {
+    if config.api_keys.is_empty() && !address.ip().is_loopback() {
+        bail!(
+            "refusing to serve {address} without API keys: anyone who can reach it would read and write the library. \
+             Set DEDUP2D_API_KEYS=key1,key2 (or api_keys in config/dedup2d.toml), or listen on 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
+async fn upkeep(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match app.jobs.expire(now()).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(message = "expired finished jobs", expired),
+            Err(error) => tracing::warn!(message = "cannot expire jobs", %error),
+        }
+        api::update_queue_gauges(app.jobs.as_ref()).await;
+        crate::telemetry::metrics_handle().run_upkeep();
+    }
+}

@@ -1,0 +1,99 @@
+//! Logs and metrics: the tracing subscriber, the Prometheus recorder, and every
+//! metric name as a constant (CONTRACT §6), so dashboards and alerts have one
+//! place to check against. Rendering `/metrics` is `api`'s job.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogFormat};
+
+pub const JOBS_TOTAL: &str = "dedup2d_jobs_total";
+pub const JOB_DURATION_SECONDS: &str = "dedup2d_job_duration_seconds";
+pub const JOBS_SUBMITTED_TOTAL: &str = "dedup2d_jobs_submitted_total";
+pub const JOBS_COMPLETED_TOTAL: &str = "dedup2d_jobs_completed_total";
+pub const JOBS_QUEUED: &str = "dedup2d_jobs_queued";
+pub const JOBS_ACTIVE: &str = "dedup2d_jobs_active";
+pub const JOB_QUEUE_DEPTH: &str = "dedup2d_job_queue_depth";
+pub const QUEUE_FULL_TOTAL: &str = "dedup2d_queue_full_total";
+pub const CANCEL_TOTAL: &str = "dedup2d_cancel_total";
+pub const TENANT_ACCESS_DENIED_TOTAL: &str = "dedup2d_tenant_access_denied_total";
+pub const SEARCH_MODE_TOTAL: &str = "dedup2d_search_mode_total";
+pub const FILE_UPLOADS_TOTAL: &str = "dedup2d_file_uploads_total";
+pub const FILE_DOWNLOADS_TOTAL: &str = "dedup2d_file_downloads_total";
+pub const FILE_DELETES_TOTAL: &str = "dedup2d_file_deletes_total";
+pub const FILE_UPLOAD_BYTES: &str = "dedup2d_file_upload_bytes";
+pub const FILE_OPERATION_DURATION_SECONDS: &str = "dedup2d_file_operation_duration_seconds";
+pub const HTTP_REQUESTS_TOTAL: &str = "dedup2d_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "dedup2d_http_request_duration_seconds";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const BYTE_BUCKETS: &[f64] = &[
+    1024.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+
+/// The process-wide recorder. Installed once, so several servers started in
+/// one test process share it instead of failing on the second install.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTE_BUCKETS))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(message = "a metrics recorder was already installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(JOBS_TOTAL, "Jobs that reached a terminal status, by status");
+    describe_histogram!(JOB_DURATION_SECONDS, Unit::Seconds, "Time from job start to its end");
+    describe_counter!(JOBS_SUBMITTED_TOTAL, "Async jobs admitted to the queue");
+    describe_counter!(JOBS_COMPLETED_TOTAL, "Async jobs that completed successfully");
+    describe_gauge!(JOBS_QUEUED, "Jobs waiting to run");
+    describe_gauge!(JOBS_ACTIVE, "Jobs running now");
+    describe_gauge!(JOB_QUEUE_DEPTH, "Jobs holding queue capacity (pending and running)");
+    describe_counter!(QUEUE_FULL_TOTAL, "Async submits refused with JOB_QUEUE_FULL");
+    describe_counter!(CANCEL_TOTAL, "Cancel requests, by result");
+    describe_counter!(
+        TENANT_ACCESS_DENIED_TOTAL,
+        "Requests for another tenant's job, by operation"
+    );
+    describe_counter!(SEARCH_MODE_TOTAL, "Searches requested, by mode");
+    describe_counter!(FILE_UPLOADS_TOTAL, "File writes to storage, by backend and status");
+    describe_counter!(FILE_DOWNLOADS_TOTAL, "File reads from storage, by backend and status");
+    describe_counter!(FILE_DELETES_TOTAL, "File deletes in storage, by backend and status");
+    describe_histogram!(FILE_UPLOAD_BYTES, Unit::Bytes, "Size of files written to storage");
+    describe_histogram!(FILE_OPERATION_DURATION_SECONDS, Unit::Seconds, "Storage call latency");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by status class");
+    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency");
+}
+
+/// Installs the log subscriber. A second call (tests) keeps the first.
+pub fn init_logging(config: &Config) {
+    let filter = EnvFilter::builder().parse_lossy(&config.log);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

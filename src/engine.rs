@@ -35,6 +35,21 @@ pub enum Format {
     Gif,
 }
 
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::DxfAscii => "ASCII DXF",
+            Format::DxfBinary => "binary DXF",
+            Format::Png => "PNG",
+            Format::Jpeg => "JPEG",
+            Format::Tiff => "TIFF",
+            Format::Bmp => "BMP",
+            Format::Webp => "WebP",
+            Format::Gif => "GIF",
+        }
+    }
+}
+
 /// Decode limits, so a hostile file cannot exhaust the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -182,7 +197,7 @@ fn raster_size(bytes: &[u8], format: Format) -> Result<(u32, u32), EngineError> 
     };
     image::ImageReader::with_format(std::io::Cursor::new(bytes), image_format)
         .into_dimensions()
-        .map_err(|e| EngineError::Unreadable(format!("cannot read the {format:?} image: {e}")))
+        .map_err(|e| EngineError::Unreadable(format!("cannot read the {} image: {e}", format.name())))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

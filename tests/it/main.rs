@@ -1,1 +1,9 @@
-fn main() {}
+//! Integration tests: real HTTP on loopback against `serve` in-process or the
+//! built binary. One test binary; shared support in `support/`.
+
+mod api;
+mod errors;
+mod jobs;
+mod process;
+mod support;
+mod tenants;

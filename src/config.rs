@@ -524,6 +524,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_only_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped = load(Some(&text), &[], &[]).unwrap();
+        assert_eq!(shipped.describe(), Config::defaults().describe());
+        for s in SETTINGS {
+            assert!(text.contains(&format!("# {} = ", s.key)), "config/dedup2d.toml does not document {}", s.key);
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_and_broken_files_are_errors() {
         let err = load(Some("lisen = \"x\"\n"), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("unknown key `lisen`"), "{err}");

@@ -530,7 +530,11 @@ mod tests {
         let shipped = load(Some(&text), &[], &[]).unwrap();
         assert_eq!(shipped.describe(), Config::defaults().describe());
         for s in SETTINGS {
-            assert!(text.contains(&format!("# {} = ", s.key)), "config/dedup2d.toml does not document {}", s.key);
+            assert!(
+                text.contains(&format!("# {} = ", s.key)),
+                "config/dedup2d.toml does not document {}",
+                s.key
+            );
         }
     }
 

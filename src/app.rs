@@ -33,7 +33,7 @@ pub struct App {
     /// Cancel signals of the jobs this process is running, by job id.
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Bounds the memory that uploads being received can hold.
-    pub upload_permits: Semaphore,
+    pub upload_permits: Arc<Semaphore>,
     shutting_down: AtomicBool,
 }
 
@@ -53,7 +53,7 @@ impl App {
             db,
             job_admitted: Notify::new(),
             running: Mutex::new(HashMap::new()),
-            upload_permits: Semaphore::new(config.max_concurrent_uploads),
+            upload_permits: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
             shutting_down: AtomicBool::new(false),
             config,
         }))

@@ -345,7 +345,8 @@ impl Values<'_> {
         T::Err: fmt::Display,
     {
         let value: T = self.parse(key)?;
-        if value < min || value > max {
+        // Written so NaN, which compares false both ways, is refused too.
+        if !(value >= min && value <= max) {
             return Err(self.invalid(key, format!("must be between {min} and {max}")));
         }
         Ok(value)

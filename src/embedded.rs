@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::engine::Features;
-use crate::jobs::{CancelOutcome, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
+use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
 use crate::library::{Drawing, LibraryError, LibraryStore};
 use crate::stats::{StatsError, StatsStore, TenantStats};
 
@@ -280,53 +280,57 @@ impl JobStore for Db {
                 )?;
                 tx.commit()?;
                 inner.live_jobs = inner.live_jobs.saturating_sub(1);
-                let payload: Payload = from_json(&payload, 2)?;
-                Ok(CancelOutcome::Canceled {
-                    was: status,
-                    file_ref: payload.file_ref,
-                })
+                let file_ref = serde_json::from_str::<Payload>(&payload).ok().map(|p| p.file_ref);
+                Ok(CancelOutcome::Canceled { was: status, file_ref })
             })
             .await?)
     }
 
-    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Option<Claimed>, JobError> {
+    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Claim, JobError> {
         Ok(self
             .call(move |inner| {
-                loop {
-                    let tx = inner.conn.transaction()?;
-                    let row: Option<(String, u32, String, f64)> = tx
-                        .query_row(
-                            "SELECT job_id, attempt, payload, created_at FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1",
-                            [],
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                        )
-                        .optional()?;
-                    let Some((job_id, attempt, payload, created_at)) = row else {
-                        return Ok(None);
-                    };
-                    if attempt >= max_deliveries {
-                        // A job that took its process down this often would
-                        // keep doing so; end it instead of crash-looping.
-                        tx.execute(
-                            "UPDATE jobs SET status = 'failed', finished_at = ?2, expires_at = ?3, error = ?4 WHERE job_id = ?1",
-                            params![job_id, now, now + inner.ttl_seconds, format!("gave up after {attempt} deliveries that did not finish")],
-                        )?;
-                        tx.commit()?;
-                        inner.live_jobs = inner.live_jobs.saturating_sub(1);
-                        continue;
+                let tx = inner.conn.transaction()?;
+                let row: Option<(String, u32, String, f64)> = tx
+                    .query_row(
+                        "SELECT job_id, attempt, payload, created_at FROM jobs WHERE status = 'pending' ORDER BY seq LIMIT 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                let Some((job_id, attempt, payload, created_at)) = row else {
+                    return Ok(Claim::Empty);
+                };
+                let payload = serde_json::from_str::<Payload>(&payload);
+                let refusal = match &payload {
+                    Err(e) => Some(format!("the job's payload does not read: {e}")),
+                    // A job that took its process down this often would keep
+                    // doing so; end it instead of crash-looping.
+                    Ok(_) if attempt >= max_deliveries => {
+                        Some(format!("gave up after {attempt} deliveries that did not finish"))
                     }
+                    Ok(_) => None,
+                };
+                if let Some(error) = refusal {
                     tx.execute(
-                        "UPDATE jobs SET status = 'in_progress', started_at = ?2, attempt = attempt + 1 WHERE job_id = ?1",
-                        params![job_id, now],
+                        "UPDATE jobs SET status = 'failed', finished_at = ?2, expires_at = ?3, error = ?4 WHERE job_id = ?1",
+                        params![job_id, now, now + inner.ttl_seconds, error],
                     )?;
                     tx.commit()?;
-                    return Ok(Some(Claimed {
-                        job_id,
-                        attempt: attempt + 1,
-                        payload: from_json(&payload, 2)?,
-                        created_at,
-                    }));
+                    inner.live_jobs = inner.live_jobs.saturating_sub(1);
+                    let file_ref = payload.ok().map(|p| p.file_ref);
+                    return Ok(Claim::Failed { job_id, file_ref, error });
                 }
+                tx.execute(
+                    "UPDATE jobs SET status = 'in_progress', started_at = ?2, attempt = attempt + 1 WHERE job_id = ?1",
+                    params![job_id, now],
+                )?;
+                tx.commit()?;
+                Ok(Claim::Run(Claimed {
+                    job_id,
+                    attempt: attempt + 1,
+                    payload: payload.map_err(|e| DbError::Task(e.to_string()))?,
+                    created_at,
+                }))
             })
             .await?)
     }
@@ -510,7 +514,7 @@ impl LibraryStore for Db {
 
 #[async_trait]
 impl StatsStore for Db {
-    async fn add(&self, tenant_id: &str, delta: TenantStats) -> Result<(), StatsError> {
+    async fn increment(&self, tenant_id: &str, delta: TenantStats) -> Result<(), StatsError> {
         let tenant_id = tenant_id.to_string();
         self.call(move |inner| {
             inner.conn.prepare_cached(
@@ -524,7 +528,7 @@ impl StatsStore for Db {
         .map_err(|e| StatsError(e.to_string()))
     }
 
-    async fn get(&self, tenant_id: &str) -> Result<TenantStats, StatsError> {
+    async fn read(&self, tenant_id: &str) -> Result<TenantStats, StatsError> {
         let tenant_id = tenant_id.to_string();
         self.call(move |inner| {
             Ok(inner
@@ -545,5 +549,131 @@ impl StatsStore for Db {
         })
         .await
         .map_err(|e| StatsError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SearchParams;
+    use crate::store::FileRef;
+
+    fn new_job(id: &str) -> NewJob {
+        NewJob {
+            job_id: id.into(),
+            created_at: 1.0,
+            payload: Payload {
+                tenant_id: "t".into(),
+                file_name: "a.png".into(),
+                content_type: "image/png".into(),
+                file_ref: FileRef::Local {
+                    path: format!("/nowhere/{id}"),
+                },
+                request_params: SearchParams::default(),
+                callback_url: None,
+            },
+        }
+    }
+
+    fn open(dir: &Path) -> Db {
+        Db::open(dir, std::time::Duration::from_secs(60)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn admission_is_exact_and_capacity_returns_when_jobs_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.admit(new_job("a"), 2).await.unwrap();
+        db.admit(new_job("b"), 2).await.unwrap();
+        let full = db.admit(new_job("c"), 2).await.unwrap_err();
+        assert!(matches!(full, JobError::QueueFull { max: 2, current: 2 }));
+        let Claim::Run(a) = db.claim(2.0, 5).await.unwrap() else {
+            panic!("a runs")
+        };
+        assert!(
+            db.finish(&a, Outcome::Completed(serde_json::json!({})), 3.0)
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            db.cancel("b", "t", 3.0).await.unwrap(),
+            CancelOutcome::Canceled { .. }
+        ));
+        assert_eq!(db.counts().await.unwrap(), Counts::default());
+        db.admit(new_job("c"), 2).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_canceled_or_reclaimed_attempt_cannot_record_an_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.admit(new_job("a"), 10).await.unwrap();
+        let Claim::Run(first) = db.claim(2.0, 5).await.unwrap() else {
+            panic!("runs")
+        };
+        db.cancel("a", "t", 3.0).await.unwrap();
+        assert!(!db.finish(&first, Outcome::Failed("late".into()), 4.0).await.unwrap());
+        let job = db.get("a").await.unwrap().unwrap();
+        assert_eq!((job.status, job.error), (Status::Canceled, None));
+        assert!(matches!(
+            db.cancel("a", "other", 5.0).await.unwrap(),
+            CancelOutcome::Forbidden
+        ));
+        assert!(matches!(
+            db.cancel("a", "t", 5.0).await.unwrap(),
+            CancelOutcome::AlreadyFinished(Status::Canceled)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_restart_returns_orphans_and_gives_up_on_jobs_that_keep_dying() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        assert!(matches!(
+            Db::open(dir.path(), std::time::Duration::from_secs(1)),
+            Err(DbError::Locked(_))
+        ));
+        db.admit(new_job("a"), 10).await.unwrap();
+        assert!(matches!(db.claim(2.0, 2).await.unwrap(), Claim::Run(_)));
+        drop(db);
+
+        let db = open(dir.path());
+        assert_eq!(db.counts().await.unwrap(), Counts { pending: 1, running: 0 });
+        let Claim::Run(second) = db.claim(3.0, 2).await.unwrap() else {
+            panic!("runs again")
+        };
+        assert_eq!(second.attempt, 2);
+        drop((db, second));
+
+        let db = open(dir.path());
+        let Claim::Failed {
+            job_id,
+            file_ref,
+            error,
+        } = db.claim(4.0, 2).await.unwrap()
+        else {
+            panic!("given up")
+        };
+        assert_eq!(job_id, "a");
+        assert!(file_ref.is_some(), "the caller can remove the upload");
+        assert!(error.contains("2 deliveries"), "{error}");
+        assert_eq!(db.get("a").await.unwrap().unwrap().status, Status::Failed);
+        assert_eq!(db.counts().await.unwrap(), Counts::default());
+        assert!(matches!(db.claim(5.0, 2).await.unwrap(), Claim::Empty));
+    }
+
+    #[tokio::test]
+    async fn a_payload_that_does_not_read_fails_its_job_instead_of_sticking() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.admit(new_job("a"), 10).await.unwrap();
+        db.call(|inner| Ok(inner.conn.execute("UPDATE jobs SET payload = '{\"broken\": 1}'", [])?))
+            .await
+            .unwrap();
+        let Claim::Failed { file_ref, .. } = db.claim(2.0, 5).await.unwrap() else {
+            panic!("fails")
+        };
+        assert!(file_ref.is_none());
+        assert_eq!(db.counts().await.unwrap(), Counts::default());
     }
 }

@@ -92,6 +92,20 @@ pub struct Claimed {
     pub created_at: f64,
 }
 
+/// What a claim found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    Run(Claimed),
+    /// The oldest pending job could not run (delivered too often, or its
+    /// payload does not read) and is `failed` now; the caller cleans up.
+    Failed {
+        job_id: String,
+        file_ref: Option<FileRef>,
+        error: String,
+    },
+    Empty,
+}
+
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Completed(serde_json::Value),
@@ -103,7 +117,7 @@ pub enum CancelOutcome {
     /// It was pending or running and is canceled now; the upload can go.
     Canceled {
         was: Status,
-        file_ref: FileRef,
+        file_ref: Option<FileRef>,
     },
     AlreadyFinished(Status),
     NotFound,
@@ -133,9 +147,9 @@ pub trait JobStore: Send + Sync {
     /// Newest first, with the total that matches the filter.
     async fn list(&self, tenant_id: &str, status: Option<Status>, limit: u32) -> Result<(Vec<Job>, u64), JobError>;
     async fn cancel(&self, job_id: &str, tenant_id: &str, now: f64) -> Result<CancelOutcome, JobError>;
-    /// Takes the oldest pending job; jobs claimed `max_deliveries` times
-    /// already end `failed` instead of running again.
-    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Option<Claimed>, JobError>;
+    /// Takes the oldest pending job; one claimed `max_deliveries` times
+    /// already ends `failed` instead of running again.
+    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Claim, JobError>;
     /// Records the outcome unless the job was canceled or re-claimed since;
     /// returns whether it was recorded.
     async fn finish(&self, job: &Claimed, outcome: Outcome, now: f64) -> Result<bool, JobError>;

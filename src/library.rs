@@ -148,18 +148,16 @@ impl Library {
     }
 
     /// Re-reads every stored drawing, recomputes its features and swaps in a
-    /// fresh index. Drawings that no longer read are reported and kept out.
+    /// fresh index. Drawings whose file is gone or no longer reads are
+    /// removed from the library and reported; a storage outage aborts the
+    /// rebuild and leaves the library as it was.
     pub async fn rebuild(&self, tenant_id: &str, limits: Limits) -> Result<RebuildReport, LibraryError> {
         let tenant = self.tenant(tenant_id);
         let _writer = tenant.writer.lock().await;
         let mut index = Index::default();
         let mut unreadable = Vec::new();
         for mut drawing in self.store.all(tenant_id).await? {
-            let bytes = self.files.get(&drawing.file_ref).await?;
-            let features = tokio::task::spawn_blocking(move || engine::fingerprint(&bytes, limits))
-                .await
-                .map_err(|e| LibraryError::Unavailable(e.to_string()))?;
-            match features {
+            match self.refingerprint(&drawing, limits).await? {
                 Ok(features) => {
                     if features != drawing.features {
                         self.store
@@ -169,8 +167,10 @@ impl Library {
                     }
                     index.insert(entry_of(&drawing));
                 }
-                Err(error) => {
-                    tracing::warn!(message = "drawing no longer reads", drawing_id = %drawing.drawing_id, %error);
+                Err(reason) => {
+                    tracing::warn!(message = "unreadable drawing removed", drawing_id = %drawing.drawing_id, %reason);
+                    self.store.remove(tenant_id, &drawing.drawing_id).await?;
+                    let _ = self.files.delete(&drawing.file_ref).await;
                     unreadable.push(drawing.drawing_id);
                 }
             }
@@ -178,6 +178,20 @@ impl Library {
         let drawings = index.len();
         *tenant.index.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
         Ok(RebuildReport { drawings, unreadable })
+    }
+
+    /// The outer error is an outage worth aborting for; the inner one says
+    /// why this drawing cannot be in the library any more.
+    async fn refingerprint(&self, drawing: &Drawing, limits: Limits) -> Result<Result<Features, String>, LibraryError> {
+        let bytes = match self.files.get(&drawing.file_ref).await {
+            Ok(bytes) => bytes,
+            Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e).into()),
+            Err(gone) => return Ok(Err(gone.to_string())),
+        };
+        let features = tokio::task::spawn_blocking(move || engine::fingerprint(&bytes, limits))
+            .await
+            .map_err(|e| LibraryError::Unavailable(e.to_string()))?;
+        Ok(features.map_err(|e| e.to_string()))
     }
 
     pub fn loaded(&self) -> LoadedIndexes {

@@ -14,8 +14,9 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, now};
-use crate::jobs::{Claimed, Outcome, Status};
+use crate::jobs::{Claim, Claimed, Outcome, Status};
 use crate::search;
+use crate::store::FileRef;
 use crate::telemetry as t;
 
 /// How often an idle runner looks for work it was not woken for.
@@ -33,8 +34,19 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
 async fn claim_loop(app: Arc<App>, shutdown: CancellationToken, slot: usize) {
     while !shutdown.is_cancelled() {
         match app.jobs.claim(now(), app.config.max_deliveries).await {
-            Ok(Some(job)) => run_claimed(&app, job, &shutdown).await,
-            Ok(None) => {
+            Ok(Claim::Run(job)) => run_claimed(&app, job, &shutdown).await,
+            Ok(Claim::Failed {
+                job_id,
+                file_ref,
+                error,
+            }) => {
+                tracing::warn!(message = "job failed before it ran", %job_id, %error);
+                metrics::counter!(t::JOBS_TOTAL, "status" => Status::Failed.as_str()).increment(1);
+                if let Some(file_ref) = file_ref {
+                    remove_upload(&app, &job_id, &file_ref).await;
+                }
+            }
+            Ok(Claim::Empty) => {
                 tokio::select! {
                     _ = app.job_admitted.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -58,6 +70,13 @@ enum Ending {
 async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) {
     let started = Instant::now();
     let cancel = app.track_running(&job.job_id);
+    // A cancel that landed between the claim and the line above found no
+    // signal to fire; the store has it.
+    if let Ok(Some(current)) = app.jobs.get(&job.job_id).await
+        && current.status != Status::InProgress
+    {
+        cancel.cancel();
+    }
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(app.config.worker_shutdown_grace).await;
@@ -106,6 +125,10 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
     Ok(serde_json::to_value(result)?)
 }
 
+/// Retries, because an outcome not recorded leaves the job `in_progress`
+/// until the next start.
+const FINISH_ATTEMPTS: u32 = 3;
+
 async fn record(app: &App, job: &Claimed, outcome: Outcome, started: Instant) {
     let status = match &outcome {
         Outcome::Completed(_) => Status::Completed,
@@ -114,23 +137,35 @@ async fn record(app: &App, job: &Claimed, outcome: Outcome, started: Instant) {
     if let Outcome::Failed(error) = &outcome {
         tracing::warn!(message = "job failed", job_id = %job.job_id, %error);
     }
-    match app.jobs.finish(job, outcome, now()).await {
-        Ok(true) => {
-            metrics::counter!(t::JOBS_TOTAL, "status" => status.as_str()).increment(1);
-            metrics::histogram!(t::JOB_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-            if status == Status::Completed {
-                metrics::counter!(t::JOBS_COMPLETED_TOTAL).increment(1);
+    for attempt in 1..=FINISH_ATTEMPTS {
+        match app.jobs.finish(job, outcome.clone(), now()).await {
+            Ok(true) => {
+                metrics::counter!(t::JOBS_TOTAL, "status" => status.as_str()).increment(1);
+                metrics::histogram!(t::JOB_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+                if status == Status::Completed {
+                    metrics::counter!(t::JOBS_COMPLETED_TOTAL).increment(1);
+                }
+                remove_upload(app, &job.job_id, &job.payload.file_ref).await;
+                return;
             }
-            if app.config.file_storage_cleanup_on_finish
-                && let Err(error) = app.files.delete(&job.payload.file_ref).await
-            {
-                tracing::warn!(message = "finished job's upload stays behind", job_id = %job.job_id, %error);
+            Ok(false) => {
+                tracing::info!(message = "job was canceled before its outcome was recorded", job_id = %job.job_id);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(message = "outcome not recorded", job_id = %job.job_id, attempt, %error);
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
             }
         }
-        Ok(false) => tracing::info!(message = "job was canceled before its outcome was recorded", job_id = %job.job_id),
-        Err(error) => {
-            tracing::warn!(message = "outcome not recorded; the job will run again", job_id = %job.job_id, %error);
-            let _ = app.jobs.hand_back(job).await;
-        }
+    }
+    tracing::error!(message = "outcome lost; the job runs again after the next start", job_id = %job.job_id);
+}
+
+async fn remove_upload(app: &App, job_id: &str, file_ref: &FileRef) {
+    if !app.config.file_storage_cleanup_on_finish {
+        return;
+    }
+    if let Err(error) = app.files.delete(file_ref).await {
+        tracing::warn!(message = "finished job's upload stays behind", job_id, %error);
     }
 }

@@ -33,7 +33,7 @@ pub async fn run(
     metrics::counter!(t::SEARCH_MODE_TOTAL, "mode" => params.mode.as_str()).increment(1);
     let result = app.library.search(tenant_id, query, params, fingerprint_ms).await?;
     let delta = TenantStats::processed(!result.duplicates.is_empty());
-    if let Err(error) = app.stats.add(tenant_id, delta).await {
+    if let Err(error) = app.stats.increment(tenant_id, delta).await {
         tracing::warn!(message = "stats not counted", %error);
     }
     Ok(result)

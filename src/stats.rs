@@ -35,6 +35,6 @@ pub struct StatsError(pub String);
 
 #[async_trait]
 pub trait StatsStore: Send + Sync {
-    async fn add(&self, tenant_id: &str, delta: TenantStats) -> Result<(), StatsError>;
-    async fn get(&self, tenant_id: &str) -> Result<TenantStats, StatsError>;
+    async fn increment(&self, tenant_id: &str, delta: TenantStats) -> Result<(), StatsError>;
+    async fn read(&self, tenant_id: &str) -> Result<TenantStats, StatsError>;
 }

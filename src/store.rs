@@ -67,24 +67,12 @@ impl Files {
 
     /// `<job_id>/<uuid hex>_<safe name>` under the uploads root.
     pub async fn put_upload(&self, job_id: &str, file_name: &str, bytes: Bytes) -> Result<FileRef, StoreError> {
-        let key = format!(
-            "{}/{}_{}",
-            safe_name(job_id),
-            uuid::Uuid::new_v4().simple(),
-            safe_name(file_name)
-        );
-        self.uploads.put(&key, bytes).await
+        self.uploads.put(&unique_key(job_id, file_name), bytes).await
     }
 
     /// `<tenant_id>/<uuid hex>_<safe name>` under the library root.
     pub async fn put_drawing(&self, tenant_id: &str, file_name: &str, bytes: Bytes) -> Result<FileRef, StoreError> {
-        let key = format!(
-            "{}/{}_{}",
-            safe_name(tenant_id),
-            uuid::Uuid::new_v4().simple(),
-            safe_name(file_name)
-        );
-        self.library.put(&key, bytes).await
+        self.library.put(&unique_key(tenant_id, file_name), bytes).await
     }
 
     pub async fn get(&self, file: &FileRef) -> Result<Bytes, StoreError> {
@@ -130,11 +118,15 @@ impl Files {
 
 impl Area {
     fn local(root: &FsPath) -> Result<Area, StoreError> {
-        std::fs::create_dir_all(root).map_err(|e| StoreError::Unavailable(format!("{}: {e}", root.display())))?;
-        let store = LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
+        let unavailable = |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", root.display()));
+        std::fs::create_dir_all(root).map_err(unavailable)?;
+        // Refs carry absolute paths, so `./data` today and `/srv/data`
+        // tomorrow still find the same files.
+        let root = std::fs::canonicalize(root).map_err(unavailable)?;
+        let store = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
         Ok(Area {
             store: Arc::new(store),
-            root: root.to_path_buf(),
+            root,
         })
     }
 
@@ -171,6 +163,16 @@ fn record<T>(counter: &'static str, operation: &'static str, started: Instant, r
     metrics::counter!(counter, "backend" => BACKEND, "status" => status).increment(1);
     metrics::histogram!(t::FILE_OPERATION_DURATION_SECONDS, "backend" => BACKEND, "operation" => operation)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// `<dir>/<uuid hex>_<safe name>`: the uuid keeps two uploads of one name apart.
+fn unique_key(dir: &str, file_name: &str) -> String {
+    format!(
+        "{}/{}_{}",
+        safe_name(dir),
+        uuid::Uuid::new_v4().simple(),
+        safe_name(file_name)
+    )
 }
 
 /// CONTRACT §4: basename, runs of `[^A-Za-z0-9._-]` → `_`, trimmed of `._-`,

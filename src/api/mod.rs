@@ -12,9 +12,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -37,12 +37,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         tenants: Tenants::new(&app.config.api_keys),
         app: app.clone(),
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as the original served: its header-read timeout also
+    // runs while a connection sits idle before (or between) requests, so a
+    // silent client cannot hold a connection slot. Cleartext HTTP/2 would
+    // need idle limits of its own and no client of ours asks for it.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(app.config.http_header_timeout);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(app.config.http_max_connections));
     loop {
@@ -68,7 +70,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             let api = api.clone();
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
             drop(permit);

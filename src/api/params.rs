@@ -34,7 +34,8 @@ impl Query {
         let value: T = raw
             .parse()
             .map_err(|_| ApiError::bad_parameter(name, format!("{raw:?} is not a number")))?;
-        if value < min || value > max {
+        // Written so NaN, which compares false both ways, is refused too.
+        if !(value >= min && value <= max) {
             return Err(ApiError::bad_parameter(
                 name,
                 format!("must be between {min} and {max}"),
@@ -137,6 +138,8 @@ mod tests {
             ("duplicate_threshold=1.5", "duplicate_threshold"),
             ("enable_precision=maybe", "enable_precision"),
             ("preset=lenient", "preset"),
+            ("duplicate_threshold=NaN", "duplicate_threshold"),
+            ("similar_threshold=inf", "similar_threshold"),
         ] {
             let err = Query::parse(Some(query)).search_params().unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{query}");

@@ -90,7 +90,7 @@ impl Api {
     async fn read_upload(&self, request: Request<Incoming>) -> Result<Upload, ApiError> {
         let config = &self.app.config;
         let body_deadline = tokio::time::Instant::now() + config.http_body_timeout;
-        let _permit = tokio::time::timeout_at(body_deadline, self.app.upload_permits.acquire())
+        let permit = tokio::time::timeout_at(body_deadline, self.app.upload_permits.clone().acquire_owned())
             .await
             .map_err(|_| ApiError::unavailable("upload capacity", "too many uploads in progress"))?
             .map_err(ApiError::internal)?;
@@ -98,7 +98,7 @@ impl Api {
             max_file_bytes: config.max_upload_bytes,
             body_deadline,
         };
-        upload::read(request, limits).await
+        upload::read(request, limits, permit).await
     }
 
     async fn search(&self, tenant: &str, request: Request<Incoming>) -> Reply {
@@ -166,7 +166,7 @@ impl Api {
         if size_limit > 0 && upload.bytes.len() as u64 > size_limit {
             return Some(format!("file_size>{}", human_size(size_limit)));
         }
-        if config.forced_async_on_precision && params.enable_precision && upload.geom_json.is_some() {
+        if config.forced_async_on_precision && params.enable_precision && upload.has_geom_json {
             return Some("enable_precision_with_geom_json".into());
         }
         if config.forced_async_on_mode_precise && params.mode == crate::engine::Mode::Precise {
@@ -179,7 +179,7 @@ impl Api {
     async fn count_rejection(&self, tenant: &str, reply: Reply) -> Reply {
         if let Err(e) = &reply
             && (e.status.is_client_error())
-            && let Err(error) = self.app.stats.add(tenant, TenantStats::REJECTED).await
+            && let Err(error) = self.app.stats.increment(tenant, TenantStats::REJECTED).await
         {
             tracing::warn!(message = "stats not counted", %error);
         }
@@ -252,7 +252,7 @@ impl Api {
                 if was == Status::InProgress {
                     self.app.signal_cancel(job_id);
                 }
-                if self.app.config.file_storage_cleanup_on_finish {
+                if let Some(file_ref) = file_ref.filter(|_| self.app.config.file_storage_cleanup_on_finish) {
                     let _ = self.app.files.delete(&file_ref).await;
                 }
                 true
@@ -290,7 +290,7 @@ impl Api {
     async fn list_drawings(&self, tenant: &str, request: &Request<Incoming>) -> Reply {
         let query = Query::parse(request.uri().query());
         let limit = query.number("limit", 100u32, 1, 1000)?;
-        let offset = query.number("offset", 0u64, 0, u64::MAX)?;
+        let offset = query.number("offset", 0u64, 0, i64::MAX as u64)?;
         let (drawings, total) = self.app.library.page(tenant, limit, offset).await?;
         Ok(json_response(
             StatusCode::OK,
@@ -318,7 +318,7 @@ impl Api {
         let mut message = format!("rebuilt the index from {} drawings", report.drawings);
         if !report.unreadable.is_empty() {
             message.push_str(&format!(
-                "; left out unreadable drawings: {}",
+                "; removed drawings whose file is missing or unreadable: {}",
                 report.unreadable.join(", ")
             ));
         }
@@ -332,7 +332,7 @@ impl Api {
         let stats = self
             .app
             .stats
-            .get(tenant)
+            .read(tenant)
             .await
             .map_err(|e| ApiError::unavailable("stats", e))?;
         let mut body = serde_json::to_value(stats).map_err(ApiError::internal)?;

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
 use multer::{Constraints, Multipart, SizeLimit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::error::ApiError;
@@ -23,7 +24,10 @@ pub struct Upload {
     pub file_name: String,
     pub content_type: String,
     pub bytes: Bytes,
-    pub geom_json: Option<serde_json::Value>,
+    pub has_geom_json: bool,
+    /// Held as long as the bytes are, so the upload budget bounds memory
+    /// until the handler is done with them, not just while they arrive.
+    _permit: OwnedSemaphorePermit,
 }
 
 pub struct UploadLimits {
@@ -31,7 +35,11 @@ pub struct UploadLimits {
     pub body_deadline: Instant,
 }
 
-pub async fn read(request: Request<Incoming>, limits: UploadLimits) -> Result<Upload, ApiError> {
+pub async fn read(
+    request: Request<Incoming>,
+    limits: UploadLimits,
+    permit: OwnedSemaphorePermit,
+) -> Result<Upload, ApiError> {
     let max_body = limits.max_file_bytes + MAX_GEOM_JSON_BYTES + MULTIPART_OVERHEAD_BYTES;
     let declared = request
         .headers()
@@ -62,8 +70,8 @@ pub async fn read(request: Request<Incoming>, limits: UploadLimits) -> Result<Up
             .for_field("geom_json", MAX_GEOM_JSON_BYTES),
     );
     let mut multipart = Multipart::with_constraints(stream, boundary, constraints);
-    let mut upload: Option<Upload> = None;
-    let mut geom_json = None;
+    let mut file: Option<(String, String, Bytes)> = None;
+    let mut has_geom_json = false;
     let deadline = limits.body_deadline;
     while let Some(mut field) = within(deadline, multipart.next_field())
         .await?
@@ -83,31 +91,32 @@ pub async fn read(request: Request<Incoming>, limits: UploadLimits) -> Result<Up
             bytes.extend_from_slice(&chunk);
         }
         if name == "file" {
-            upload = Some(Upload {
-                file_name,
-                content_type: part_type,
-                bytes: bytes.freeze(),
-                geom_json: None,
-            });
+            file = Some((file_name, part_type, bytes.freeze()));
         } else {
-            geom_json = Some(serde_json::from_slice(&bytes).map_err(|e| {
+            has_geom_json = true;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "INVALID_GEOM_JSON",
                     format!("`geom_json` is not valid JSON: {e}"),
                 )
-            })?);
+            })?;
         }
     }
-    let mut upload = upload.ok_or_else(|| {
+    let (file_name, content_type, bytes) = file.ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "MISSING_FILE",
             "the multipart body has no `file` part",
         )
     })?;
-    upload.geom_json = geom_json;
-    Ok(upload)
+    Ok(Upload {
+        file_name,
+        content_type,
+        bytes,
+        has_geom_json,
+        _permit: permit,
+    })
 }
 
 async fn within<T>(deadline: Instant, step: impl std::future::Future<Output = T>) -> Result<T, ApiError> {

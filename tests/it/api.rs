@@ -44,15 +44,7 @@ const JOB_KEYS: &[&str] = &[
 #[tokio::test]
 async fn health_ready_and_metrics_answer() {
     let server = TestServer::start(&[]).await;
-    let health: serde_json::Value = server
-        .client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = server.root_json("/health").await;
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["service"], "dedup2d");
     let ready = server.client.get(server.url("/ready")).send().await.unwrap();
@@ -71,15 +63,7 @@ async fn health_ready_and_metrics_answer() {
 
     let job = server.submit(png(1)).await;
     server.wait_terminal(&job).await;
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for name in [
         "dedup2d_jobs_submitted_total",
         "dedup2d_jobs_completed_total",
@@ -264,6 +248,24 @@ async fn rebuild_reindexes_the_stored_library() {
 }
 
 #[tokio::test]
+async fn rebuild_removes_drawings_whose_file_is_gone() {
+    let server = TestServer::start(&[]).await;
+    server.add(png(1), "kept.png").await;
+    let lost = server.add(png(2), "lost.png").await;
+    let lost_file = files_under(&server.data_dir.join("library"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("_lost.png"))
+        .unwrap();
+    std::fs::remove_file(lost_file).unwrap();
+    let (status, rebuilt) = server.post("/index/rebuild", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(rebuilt["success"], false);
+    assert!(rebuilt["message"].as_str().unwrap().contains(&lost), "{rebuilt}");
+    let (_, listed) = server.get("/index").await;
+    assert_eq!(listed["total"], 1);
+}
+
+#[tokio::test]
 async fn stats_count_processed_rejected_and_duplicates() {
     let server = TestServer::start(&[]).await;
     server.add(png(1), "1.png").await;
@@ -273,15 +275,7 @@ async fn stats_count_processed_rejected_and_duplicates() {
         .post("/search", Some(form(b"not a drawing".to_vec(), "x.txt")))
         .await;
     assert_eq!(status, 415);
-    let stats: serde_json::Value = server
-        .client
-        .get(server.url("/api/v1/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = server.root_json("/api/v1/stats").await;
     assert_eq!(
         stats,
         json!({"tenant_id": "local", "processed": 2, "rejected": 1, "dup_skipped": 1})

@@ -205,15 +205,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_stores_nothing() {
     );
     let (_, jobs) = server.get("/jobs").await;
     assert_eq!(jobs["total"], 2);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("dedup2d_queue_full_total"), "{metrics}");
 }
 
@@ -224,15 +216,22 @@ async fn slow_clients_cannot_hold_the_server() {
         ("DEDUP2D_HTTP_BODY_TIMEOUT_SECONDS", "1"),
     ])
     .await;
-    // A head that never ends is cut off.
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    stream
-        .write_all(b"POST /api/v1/dedup/2d/search HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "a half-sent head kept its connection open");
+    // Silence, a head that never ends, and idling after a request are all cut off.
+    let answered = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n".as_slice();
+    for (what, sent) in [
+        ("a silent client", b"".as_slice()),
+        (
+            "a half-sent head",
+            b"POST /api/v1/dedup/2d/search HTTP/1.1\r\nhost: x\r\n".as_slice(),
+        ),
+        ("an idle keep-alive connection", answered),
+    ] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "{what} kept its connection open");
+    }
 
     // A body that stalls gets 408.
     let head = multipart_head(&format!("{PREFIX}/search"), Some(10_000));

@@ -55,15 +55,7 @@ async fn tenants_never_see_each_others_jobs_or_drawings() {
     let (_, still) = server.post("/search", Some(form(png(5), "q.png"))).await;
     assert_eq!(still["total_matches"], 1, "B's delete did not touch A's drawing");
 
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("dedup2d_tenant_access_denied_total{operation=\"get\"}"));
     assert!(metrics.contains("dedup2d_tenant_access_denied_total{operation=\"cancel\"}"));
 }

@@ -86,6 +86,29 @@ impl TestServer {
         self.data_dir.join("dedup2d_uploads")
     }
 
+    /// GET of a path outside the API prefix, as JSON.
+    pub async fn root_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("sent")
+            .text()
+            .await
+            .expect("text")
+    }
+
     fn authed(&self, request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
         match key.or(self.key.as_deref()) {
             Some(key) => request.header("X-API-Key", key),

@@ -663,6 +663,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finished_jobs_expire_after_their_ttl_and_live_ones_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.admit(new_job("done"), 10).await.unwrap();
+        db.admit(new_job("waiting"), 10).await.unwrap();
+        let Claim::Run(done) = db.claim(2.0, 5).await.unwrap() else {
+            panic!("runs")
+        };
+        db.finish(&done, Outcome::Completed(serde_json::json!({})), 10.0)
+            .await
+            .unwrap();
+        assert_eq!(db.expire(10.0 + 59.0).await.unwrap(), 0);
+        assert_eq!(db.expire(10.0 + 61.0).await.unwrap(), 1);
+        assert!(db.get("done").await.unwrap().is_none());
+        assert_eq!(
+            db.expire(1e12).await.unwrap(),
+            0,
+            "a pending job is kept whatever its age"
+        );
+        assert!(db.get("waiting").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn a_payload_that_does_not_read_fails_its_job_instead_of_sticking() {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path());

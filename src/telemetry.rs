@@ -57,6 +57,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             tracing::warn!(message = "a metrics recorder was already installed; /metrics will be empty");
         }
         describe();
+        start_at_zero();
         handle
     })
 }
@@ -84,6 +85,26 @@ fn describe() {
     describe_histogram!(FILE_OPERATION_DURATION_SECONDS, Unit::Seconds, "Storage call latency");
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by status class");
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency");
+}
+
+/// Counters exist from start-up at 0, so rates and alerts see a series
+/// before the first event instead of nothing.
+fn start_at_zero() {
+    for status in crate::jobs::Status::ALL.iter().filter(|s| s.is_terminal()) {
+        metrics::counter!(JOBS_TOTAL, "status" => status.as_str()).absolute(0);
+    }
+    for name in [JOBS_SUBMITTED_TOTAL, JOBS_COMPLETED_TOTAL, QUEUE_FULL_TOTAL] {
+        metrics::counter!(name).absolute(0);
+    }
+    for result in ["canceled", "already_finished"] {
+        metrics::counter!(CANCEL_TOTAL, "result" => result).absolute(0);
+    }
+    for operation in ["get", "cancel"] {
+        metrics::counter!(TENANT_ACCESS_DENIED_TOTAL, "operation" => operation).absolute(0);
+    }
+    for mode in ["fast", "balanced", "precise"] {
+        metrics::counter!(SEARCH_MODE_TOTAL, "mode" => mode).absolute(0);
+    }
 }
 
 /// Installs the log subscriber. A second call (tests) keeps the first.

@@ -15,7 +15,8 @@ use super::error::ApiError;
 use super::params::Query;
 use super::upload::{self, Upload, UploadLimits};
 use crate::app::{App, now};
-use crate::jobs::{CancelOutcome, JobStore, NewJob, Payload, Status};
+use crate::engine::{Mode, SearchParams};
+use crate::jobs::{CancelOutcome, Job, JobError, JobStore, NewJob, Payload, Status};
 use crate::search;
 use crate::stats::TenantStats;
 use crate::telemetry as t;
@@ -122,12 +123,24 @@ impl Api {
                 &serde_json::to_value(result).map_err(ApiError::internal)?,
             ));
         }
+        let job_id = self.enqueue(tenant, upload, params).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "job_id": job_id,
+                "status": "pending",
+                "poll_url": format!("{PREFIX}/jobs/{job_id}"),
+                "forced_async_reason": forced,
+            }),
+        ))
+    }
+
+    /// Stores the upload, then admits its job; the upload goes again if the
+    /// job is refused, so a full queue keeps nothing.
+    async fn enqueue(&self, tenant: &str, upload: Upload, params: SearchParams) -> Result<String, ApiError> {
         let job_id = uuid::Uuid::new_v4().to_string();
-        let file_ref = self
-            .app
-            .files
-            .put_upload(&job_id, &upload.file_name, upload.bytes)
-            .await?;
+        let files = &self.app.files;
+        let file_ref = files.put_upload(&job_id, &upload.file_name, upload.bytes).await?;
         let job = NewJob {
             job_id: job_id.clone(),
             created_at: now(),
@@ -141,26 +154,18 @@ impl Api {
             },
         };
         if let Err(e) = self.app.jobs.admit(job, self.app.config.async_max_jobs).await {
-            let _ = self.app.files.delete(&file_ref).await;
-            if matches!(e, crate::jobs::JobError::QueueFull { .. }) {
+            let _ = files.delete(&file_ref).await;
+            if matches!(e, JobError::QueueFull { .. }) {
                 metrics::counter!(t::QUEUE_FULL_TOTAL).increment(1);
             }
             return Err(e.into());
         }
         metrics::counter!(t::JOBS_SUBMITTED_TOTAL).increment(1);
         self.app.job_admitted.notify_one();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "job_id": job_id,
-                "status": "pending",
-                "poll_url": format!("{PREFIX}/jobs/{job_id}"),
-                "forced_async_reason": forced,
-            }),
-        ))
+        Ok(job_id)
     }
 
-    fn forced_async_reason(&self, upload: &Upload, params: &crate::engine::SearchParams) -> Option<String> {
+    fn forced_async_reason(&self, upload: &Upload, params: &SearchParams) -> Option<String> {
         let config = &self.app.config;
         let size_limit = config.forced_async_file_size_bytes;
         if size_limit > 0 && upload.bytes.len() as u64 > size_limit {
@@ -169,7 +174,7 @@ impl Api {
         if config.forced_async_on_precision && params.enable_precision && upload.has_geom_json {
             return Some("enable_precision_with_geom_json".into());
         }
-        if config.forced_async_on_mode_precise && params.mode == crate::engine::Mode::Precise {
+        if config.forced_async_on_mode_precise && params.mode == Mode::Precise {
             return Some("mode=precise".into());
         }
         None
@@ -178,7 +183,7 @@ impl Api {
     /// Bad input and a full queue count as `rejected` in the tenant's stats.
     async fn count_rejection(&self, tenant: &str, reply: Reply) -> Reply {
         if let Err(e) = &reply
-            && (e.status.is_client_error())
+            && e.status.is_client_error()
             && let Err(error) = self.app.stats.increment(tenant, TenantStats::REJECTED).await
         {
             tracing::warn!(message = "stats not counted", %error);
@@ -186,12 +191,7 @@ impl Api {
         reply
     }
 
-    async fn owned_job(
-        &self,
-        tenant: &str,
-        job_id: &str,
-        operation: &'static str,
-    ) -> Result<crate::jobs::Job, ApiError> {
+    async fn owned_job(&self, tenant: &str, job_id: &str, operation: &'static str) -> Result<Job, ApiError> {
         let job = self.app.jobs.get(job_id).await?.ok_or_else(|| job_not_found(job_id))?;
         if job.tenant_id != tenant {
             return Err(forbidden(job_id, operation));

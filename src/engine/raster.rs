@@ -1,0 +1,543 @@
+//! Raster features for near-duplicate search (level L2): a drawing's ink,
+//! normalised so that rescaling, re-export, JPEG, padding and line weight
+//! change it little, and 256-bit perceptual hashes of it.
+//!
+//! Measured on CAD renders (shared/research/dedup.md §1.4): trimming to the
+//! ink's bounding box is what makes padding harmless, dHash-256 and
+//! pHash-256 on the trimmed ink complement each other, and a hash of the
+//! untrimmed page keeps added labels from shifting everything. The eight
+//! orientations (rotations by 90° and mirrors) are probed by hashing the
+//! query eight times, never by storing more per drawing.
+
+use image::{DynamicImage, GrayImage, Luma};
+
+/// Side of the square the ink is resampled to before hashing. Large enough
+/// that area averaging keeps 1-pixel lines of a 1000-pixel drawing visible.
+pub const SIDE: usize = 256;
+/// Luma at or above this is paper; JPEG noise around white stays below it.
+const PAPER: f32 = 225.0;
+/// Luma at or below this is full ink.
+const INK: f32 = 60.0;
+/// A pixel darker than this (of 255) belongs to the ink's bounding box.
+const BBOX_INK: u8 = 90;
+/// Margin kept around the trimmed ink, as a share of its larger side.
+const MARGIN: f32 = 0.02;
+
+/// 256 bits, as four words so Hamming distance is four popcounts.
+pub type Hash256 = [u64; 4];
+
+pub fn hamming(a: &Hash256, b: &Hash256) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
+}
+
+/// The perceptual hashes of one orientation of a drawing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashes {
+    /// dHash of the trimmed ink: row-wise gradient signs.
+    pub dhash: Hash256,
+    /// pHash of the trimmed ink: low DCT frequencies against their median.
+    pub phash: Hash256,
+}
+
+/// Everything L2 stores for a raster (or a rendered DXF).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RasterFeatures {
+    pub trimmed: Hashes,
+    /// dHash of the whole page, padded to a square but not trimmed.
+    pub page_dhash: Hash256,
+    /// Share of the page covered by ink, 0..1.
+    pub ink_ratio: f32,
+    /// Width / height of the ink's bounding box, so a 10 mm square and a
+    /// long rectangle never look alike after trimming.
+    pub ink_aspect: f32,
+}
+
+/// One of the eight symmetries of the square (the dihedral group D4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orientation {
+    /// Quarter turns clockwise, 0..4, applied after the mirror.
+    pub quarter_turns: u8,
+    /// Mirrored left-right first.
+    pub mirrored: bool,
+}
+
+impl Orientation {
+    pub const ALL: [Orientation; 8] = {
+        let mut all = [Orientation {
+            quarter_turns: 0,
+            mirrored: false,
+        }; 8];
+        let mut i = 0;
+        while i < 8 {
+            all[i] = Orientation {
+                quarter_turns: (i % 4) as u8,
+                mirrored: i >= 4,
+            };
+            i += 1;
+        }
+        all
+    };
+
+    pub const IDENTITY: Orientation = Orientation::ALL[0];
+
+    pub fn rotation_degrees(self) -> u16 {
+        u16::from(self.quarter_turns) * 90
+    }
+
+    /// Where pixel (x, y) of a `side`-square lands.
+    fn map(self, x: usize, y: usize, side: usize) -> (usize, usize) {
+        let x = if self.mirrored { side - 1 - x } else { x };
+        match self.quarter_turns % 4 {
+            0 => (x, y),
+            1 => (side - 1 - y, x),
+            2 => (side - 1 - x, side - 1 - y),
+            _ => (y, side - 1 - x),
+        }
+    }
+}
+
+/// A square grid of ink darkness (0 = paper, 1 = full ink).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ink {
+    side: usize,
+    cells: Vec<f32>,
+}
+
+impl Ink {
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    pub fn at(&self, x: usize, y: usize) -> f32 {
+        self.cells[y * self.side + x]
+    }
+
+    pub fn oriented(&self, orientation: Orientation) -> Ink {
+        let mut cells = vec![0.0; self.cells.len()];
+        for y in 0..self.side {
+            for x in 0..self.side {
+                let (tx, ty) = orientation.map(x, y, self.side);
+                cells[ty * self.side + tx] = self.at(x, y);
+            }
+        }
+        Ink { side: self.side, cells }
+    }
+
+    pub fn hashes(&self) -> Hashes {
+        Hashes {
+            dhash: dhash(self),
+            phash: phash(self),
+        }
+    }
+
+    pub fn to_image(&self) -> GrayImage {
+        GrayImage::from_fn(self.side as u32, self.side as u32, |x, y| {
+            Luma([255 - (self.at(x as usize, y as usize) * 255.0).round() as u8])
+        })
+    }
+}
+
+/// The ink of a decoded image, trimmed and untrimmed; `None` for a blank page.
+pub struct Prepared {
+    pub trimmed: Ink,
+    pub page: Ink,
+    pub ink_ratio: f32,
+    pub ink_aspect: f32,
+}
+
+/// Paper is white: transparent pixels count as paper, not as black.
+/// Darkness per pixel as 0 (paper) ..= 255 (full ink): a byte per pixel
+/// keeps the page pass and its summed-area table cheap.
+pub fn darkness(image: &DynamicImage) -> (usize, usize, Vec<u8>) {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let of_luma: Vec<u8> = (0..=255u8)
+        .map(|l| (((PAPER - f32::from(l)) / (PAPER - INK)).clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    let luma =
+        |r: u8, g: u8, b: u8| ((299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000) as u8;
+    let over_white = |l: u8, a: u8| ((u32::from(l) * u32::from(a) + 255 * (255 - u32::from(a)) + 127) / 255) as u8;
+    // Matching the common layouts avoids converting a whole page first.
+    let cells = match image {
+        DynamicImage::ImageLuma8(img) => img.as_raw().iter().map(|&l| of_luma[usize::from(l)]).collect(),
+        DynamicImage::ImageLumaA8(img) => img
+            .as_raw()
+            .chunks_exact(2)
+            .map(|p| of_luma[usize::from(over_white(p[0], p[1]))])
+            .collect(),
+        DynamicImage::ImageRgb8(img) => img
+            .as_raw()
+            .chunks_exact(3)
+            .map(|p| of_luma[usize::from(luma(p[0], p[1], p[2]))])
+            .collect(),
+        DynamicImage::ImageRgba8(img) => img
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))])
+            .collect(),
+        other => other
+            .to_rgba8()
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))])
+            .collect(),
+    };
+    (w, h, cells)
+}
+
+pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
+    let (w, h, cells) = darkness(image);
+    let grid = Grid { w, h, cells: &cells };
+    let (x0, y0, x1, y1) = grid.ink_bbox()?;
+    let ink_ratio = cells.iter().map(|&d| u64::from(d)).sum::<u64>() as f32 / 255.0 / (w * h).max(1) as f32;
+    let (bw, bh) = ((x1 - x0) as f32, (y1 - y0) as f32);
+    let margin = bw.max(bh) * MARGIN;
+    let sums = Integral::new(&grid);
+    let trimmed = sums.square_resample(
+        x0 as f32 - margin,
+        y0 as f32 - margin,
+        x1 as f32 + margin,
+        y1 as f32 + margin,
+    );
+    let page = sums.square_resample(0.0, 0.0, w as f32, h as f32);
+    Some(Prepared {
+        trimmed,
+        page,
+        ink_ratio,
+        ink_aspect: bw / bh,
+    })
+}
+
+/// Features of a decoded raster; `None` for a page without ink.
+pub fn features(image: &DynamicImage) -> Option<RasterFeatures> {
+    let prepared = prepare(image)?;
+    Some(RasterFeatures {
+        trimmed: prepared.trimmed.hashes(),
+        page_dhash: dhash(&prepared.page),
+        ink_ratio: prepared.ink_ratio,
+        ink_aspect: prepared.ink_aspect,
+    })
+}
+
+struct Grid<'a> {
+    w: usize,
+    h: usize,
+    cells: &'a [u8],
+}
+
+impl Grid<'_> {
+    /// Half-open pixel bounds of the ink.
+    fn ink_bbox(&self) -> Option<(usize, usize, usize, usize)> {
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for y in 0..self.h {
+            let row = &self.cells[y * self.w..(y + 1) * self.w];
+            let Some(first) = row.iter().position(|&d| d > BBOX_INK) else {
+                continue;
+            };
+            let last = row.iter().rposition(|&d| d > BBOX_INK).unwrap_or(first);
+            x0 = x0.min(first);
+            x1 = x1.max(last + 1);
+            y0 = y0.min(y);
+            y1 = y + 1;
+        }
+        (x0 != usize::MAX).then_some((x0, y0, x1, y1))
+    }
+}
+
+/// Summed-area table, so any rectangle's mean is four lookups.
+struct Integral {
+    w: usize,
+    h: usize,
+    /// In 1/255 units of ink.
+    sums: Vec<u64>,
+}
+
+impl Integral {
+    fn new(grid: &Grid<'_>) -> Integral {
+        let (w, h) = (grid.w, grid.h);
+        let mut sums = vec![0u64; (w + 1) * (h + 1)];
+        for y in 0..h {
+            let mut row = 0u64;
+            for x in 0..w {
+                row += u64::from(grid.cells[y * w + x]);
+                sums[(y + 1) * (w + 1) + x + 1] = sums[y * (w + 1) + x + 1] + row;
+            }
+        }
+        Integral { w, h, sums }
+    }
+
+    /// Area-averages the rectangle, centred in a square of its larger side,
+    /// onto a SIDE × SIDE grid; outside the image is paper.
+    fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> Ink {
+        let side = (x1 - x0).max(y1 - y0).max(1.0);
+        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
+        let (left, top) = (cx - side / 2.0, cy - side / 2.0);
+        let sums = self;
+        let step = side / SIDE as f32;
+        let mut cells = Vec::with_capacity(SIDE * SIDE);
+        for ty in 0..SIDE {
+            let (sy0, sy1) = (top + ty as f32 * step, top + (ty + 1) as f32 * step);
+            for tx in 0..SIDE {
+                let (sx0, sx1) = (left + tx as f32 * step, left + (tx + 1) as f32 * step);
+                cells.push(sums.mean(sx0, sy0, sx1, sy1));
+            }
+        }
+        Ink { side: SIDE, cells }
+    }
+
+    /// Mean darkness over the rectangle, whole pixels; area outside the
+    /// image counts as paper. A rectangle thinner than a pixel takes the
+    /// pixel it falls in, so upscaling small images works too.
+    fn mean(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> f32 {
+        let (mut ix0, mut iy0) = (x0.floor() as i64, y0.floor() as i64);
+        let (mut ix1, mut iy1) = (x1.ceil() as i64, y1.ceil() as i64);
+        ix1 = ix1.max(ix0 + 1);
+        iy1 = iy1.max(iy0 + 1);
+        let area = ((ix1 - ix0) * (iy1 - iy0)) as f64;
+        let clamp = |v: i64, max: usize| v.clamp(0, max as i64) as usize;
+        ix0 = clamp(ix0, self.w) as i64;
+        iy0 = clamp(iy0, self.h) as i64;
+        let (cx1, cy1) = (clamp(ix1, self.w), clamp(iy1, self.h));
+        let (cx0, cy0) = (ix0 as usize, iy0 as usize);
+        if cx1 <= cx0 || cy1 <= cy0 {
+            return 0.0;
+        }
+        let at = |x: usize, y: usize| self.sums[y * (self.w + 1) + x];
+        let total = at(cx1, cy1) + at(cx0, cy0) - at(cx0, cy1) - at(cx1, cy0);
+        (total as f64 / 255.0 / area) as f32
+    }
+}
+
+/// Area-average of an Ink grid down to `w` × `h` cells (whole source
+/// pixels per cell, as `Integral::mean` takes them).
+fn shrink(ink: &Ink, w: usize, h: usize) -> Vec<f32> {
+    let n = ink.side;
+    // f64: in f32 the differences of large sums leave rounding noise where
+    // the paper is blank, and dHash would read that noise as gradients.
+    let mut sums = vec![0.0f64; (n + 1) * (n + 1)];
+    for y in 0..n {
+        let mut row = 0.0f64;
+        for x in 0..n {
+            row += f64::from(ink.at(x, y));
+            sums[(y + 1) * (n + 1) + x + 1] = sums[y * (n + 1) + x + 1] + row;
+        }
+    }
+    let at = |x: usize, y: usize| sums[y * (n + 1) + x];
+    let bounds = |i: usize, cells: usize| {
+        let lo = (i * n) / cells;
+        let hi = ((i + 1) * n).div_ceil(cells).max(lo + 1);
+        (lo, hi)
+    };
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        let (y0, y1) = bounds(y, h);
+        for x in 0..w {
+            let (x0, x1) = bounds(x, w);
+            let total = at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0);
+            out.push((total / ((x1 - x0) * (y1 - y0)) as f64) as f32);
+        }
+    }
+    out
+}
+
+fn set_bit(hash: &mut Hash256, i: usize) {
+    hash[i / 64] |= 1 << (i % 64);
+}
+
+/// 16 rows of 17 cells; bit = the left cell is darker than its right neighbour.
+fn dhash(ink: &Ink) -> Hash256 {
+    let cells = shrink(ink, 17, 16);
+    let mut hash = [0u64; 4];
+    for y in 0..16 {
+        for x in 0..16 {
+            if cells[y * 17 + x] > cells[y * 17 + x + 1] {
+                set_bit(&mut hash, y * 16 + x);
+            }
+        }
+    }
+    hash
+}
+
+/// The 16 × 16 lowest frequencies of a 64 × 64 DCT-II, each against their median.
+fn phash(ink: &Ink) -> Hash256 {
+    const N: usize = 64;
+    const K: usize = 16;
+    let cells = shrink(ink, N, N);
+    let basis: Vec<f32> = (0..K)
+        .flat_map(|k| (0..N).map(move |n| (std::f32::consts::PI / N as f32 * (n as f32 + 0.5) * k as f32).cos()))
+        .collect();
+    // Rows first (N × K), then columns (K × K).
+    let mut rows = vec![0.0f32; N * K];
+    for y in 0..N {
+        for k in 0..K {
+            rows[y * K + k] = (0..N).map(|x| cells[y * N + x] * basis[k * N + x]).sum();
+        }
+    }
+    let mut coefficients = vec![0.0f32; K * K];
+    for ky in 0..K {
+        for kx in 0..K {
+            coefficients[ky * K + kx] = (0..N).map(|y| rows[y * K + kx] * basis[ky * N + y]).sum();
+        }
+    }
+    let mut sorted = coefficients.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median = (sorted[K * K / 2 - 1] + sorted[K * K / 2]) / 2.0;
+    let mut hash = [0u64; 4];
+    for (i, c) in coefficients.iter().enumerate() {
+        if *c > median {
+            set_bit(&mut hash, i);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+
+    /// A bracket-like line drawing: a frame, a diagonal and a hole, on a
+    /// `w` × `h` page, drawn with lines `weight` pixels thick.
+    fn drawing(w: u32, h: u32, weight: u32) -> DynamicImage {
+        let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+        let s = w.min(h) as f32 / 100.0;
+        let mut dot = |x: f32, y: f32| {
+            for dy in 0..weight {
+                for dx in 0..weight {
+                    let (px, py) = (x as u32 + dx, y as u32 + dy);
+                    if px < w && py < h {
+                        img.put_pixel(px, py, Rgb([0, 0, 0]));
+                    }
+                }
+            }
+        };
+        for i in 0..(60.0 * s) as u32 {
+            let t = i as f32;
+            dot(20.0 * s + t, 20.0 * s);
+            dot(20.0 * s, 20.0 * s + t * 0.8);
+            dot(20.0 * s + t, 20.0 * s + t * 0.8);
+            dot(80.0 * s, 20.0 * s + t * 0.3);
+        }
+        for i in 0..360 {
+            let a = (i as f32).to_radians();
+            dot(45.0 * s + 6.0 * s * a.cos(), 40.0 * s + 6.0 * s * a.sin());
+        }
+        DynamicImage::ImageRgb8(img)
+    }
+
+    fn other_drawing(size: u32) -> DynamicImage {
+        let mut img = RgbImage::from_pixel(size, size, Rgb([255, 255, 255]));
+        for i in 10..size - 10 {
+            img.put_pixel(i, size / 2, Rgb([0, 0, 0]));
+            img.put_pixel(size / 3, i, Rgb([0, 0, 0]));
+            img.put_pixel(i, (i * 7 / 10).min(size - 1), Rgb([0, 0, 0]));
+        }
+        DynamicImage::ImageRgb8(img)
+    }
+
+    fn distance(a: &RasterFeatures, b: &RasterFeatures) -> (u32, u32) {
+        (
+            hamming(&a.trimmed.dhash, &b.trimmed.dhash),
+            hamming(&a.trimmed.phash, &b.trimmed.phash),
+        )
+    }
+
+    #[test]
+    fn rescaled_padded_and_recompressed_copies_stay_close() {
+        let original = features(&drawing(800, 600, 2)).unwrap();
+        let half =
+            features(&drawing(800, 600, 2).resize_exact(400, 300, image::imageops::FilterType::Triangle)).unwrap();
+        let padded = {
+            let mut page = RgbImage::from_pixel(1200, 900, Rgb([255, 255, 255]));
+            image::imageops::overlay(&mut page, &drawing(800, 600, 2).to_rgb8(), 200, 150);
+            features(&DynamicImage::ImageRgb8(page)).unwrap()
+        };
+        let jpeg = {
+            let mut bytes = Vec::new();
+            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 30);
+            drawing(800, 600, 2).write_with_encoder(encoder).unwrap();
+            features(&image::load_from_memory(&bytes).unwrap()).unwrap()
+        };
+        let different = features(&other_drawing(600)).unwrap();
+        let far = distance(&original, &different);
+        for (name, copy) in [("half", &half), ("padded", &padded), ("jpeg q30", &jpeg)] {
+            let near = distance(&original, copy);
+            assert!(near.0 <= 24 && near.1 <= 60, "{name}: {near:?}");
+            assert!(
+                near.0 < far.0 && near.1 < far.1,
+                "{name}: {near:?} vs a different drawing {far:?}"
+            );
+        }
+        assert_eq!(distance(&original, &padded), (0, 0), "padding is trimmed away exactly");
+    }
+
+    #[test]
+    fn each_orientation_of_the_query_finds_the_rotated_drawing() {
+        let upright = drawing(600, 600, 2);
+        let prepared = prepare(&upright).unwrap();
+        for (turns, rotated) in [
+            (1u8, upright.rotate90()),
+            (2, upright.rotate180()),
+            (3, upright.rotate270()),
+        ] {
+            let stored = features(&rotated).unwrap();
+            let probe = Orientation {
+                quarter_turns: turns,
+                mirrored: false,
+            };
+            let probed = prepared.trimmed.oriented(probe).hashes();
+            let best = Orientation::ALL
+                .iter()
+                .min_by_key(|o| hamming(&prepared.trimmed.oriented(**o).hashes().dhash, &stored.trimmed.dhash))
+                .unwrap();
+            assert_eq!(*best, probe, "rotation {turns}");
+            assert!(hamming(&probed.dhash, &stored.trimmed.dhash) <= 8, "rotation {turns}");
+        }
+        let mirrored = features(&upright.fliph()).unwrap();
+        let probe = prepared
+            .trimmed
+            .oriented(Orientation {
+                quarter_turns: 0,
+                mirrored: true,
+            })
+            .hashes();
+        assert!(hamming(&probe.dhash, &mirrored.trimmed.dhash) <= 8);
+    }
+
+    #[test]
+    fn orientations_form_the_group_of_the_square() {
+        let ink = prepare(&drawing(300, 200, 1)).unwrap().trimmed;
+        let distinct: std::collections::HashSet<Vec<u32>> = Orientation::ALL
+            .iter()
+            .map(|o| ink.oriented(*o).cells.iter().map(|c| c.to_bits()).collect())
+            .collect();
+        assert_eq!(distinct.len(), 8);
+        let four_turns = (0..4).fold(ink.clone(), |acc, _| {
+            acc.oriented(Orientation {
+                quarter_turns: 1,
+                mirrored: false,
+            })
+        });
+        assert_eq!(four_turns, ink);
+    }
+
+    #[test]
+    fn blank_and_transparent_pages_have_no_ink() {
+        assert!(
+            features(&DynamicImage::ImageRgb8(RgbImage::from_pixel(
+                50,
+                50,
+                Rgb([255, 255, 255])
+            )))
+            .is_none()
+        );
+        let transparent = image::RgbaImage::from_pixel(50, 50, image::Rgba([0, 0, 0, 0]));
+        assert!(features(&DynamicImage::ImageRgba8(transparent)).is_none());
+    }
+
+    #[test]
+    fn thin_lines_survive_the_resample() {
+        let prepared = prepare(&drawing(2000, 2000, 1)).unwrap();
+        let inked = prepared.trimmed.cells.iter().filter(|&&c| c > 0.05).count();
+        assert!(inked > SIDE * 2, "only {inked} cells show ink");
+    }
+}

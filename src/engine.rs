@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub mod l2;
 pub mod raster;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod l2;
 pub mod raster;
+pub mod render;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {

@@ -169,10 +169,14 @@ pub fn darkness(image: &DynamicImage) -> (usize, usize, Vec<u8>) {
             .chunks_exact(3)
             .map(|p| of_luma[usize::from(luma(p[0], p[1], p[2]))])
             .collect(),
+        // Most of a drawing is white paper: skip the arithmetic for it.
         DynamicImage::ImageRgba8(img) => img
             .as_raw()
             .chunks_exact(4)
-            .map(|p| of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))])
+            .map(|p| match p {
+                [255, 255, 255, _] | [_, _, _, 0] => 0,
+                _ => of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))],
+            })
             .collect(),
         other => other
             .to_rgba8()
@@ -191,14 +195,13 @@ pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
     let ink_ratio = cells.iter().map(|&d| u64::from(d)).sum::<u64>() as f32 / 255.0 / (w * h).max(1) as f32;
     let (bw, bh) = ((x1 - x0) as f32, (y1 - y0) as f32);
     let margin = bw.max(bh) * MARGIN;
-    let sums = Integral::new(&grid);
-    let trimmed = sums.square_resample(
+    let trimmed = grid.square_resample(
         x0 as f32 - margin,
         y0 as f32 - margin,
         x1 as f32 + margin,
         y1 as f32 + margin,
     );
-    let page = sums.square_resample(0.0, 0.0, w as f32, h as f32);
+    let page = grid.square_resample(0.0, 0.0, w as f32, h as f32);
     Some(Prepared {
         trimmed,
         page,
@@ -225,6 +228,67 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
+    /// Area-averages the rectangle, centred in a square of its larger side,
+    /// onto a SIDE × SIDE grid; outside the image is paper.
+    fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> Ink {
+        let side = (x1 - x0).max(y1 - y0).max(1.0);
+        let (left, top) = ((x0 + x1 - side) / 2.0, (y0 + y1 - side) / 2.0);
+        if side < SIDE as f32 {
+            Integral::new(self).square_resample(left, top, side)
+        } else {
+            self.accumulate(left, top, side)
+        }
+    }
+
+    /// Downsampling in one pass: each pixel adds to the cell its centre falls
+    /// in, and each cell is divided by the pixels (real or paper) it covers.
+    /// Cheaper than a summed-area table for the common large page.
+    fn accumulate(&self, left: f32, top: f32, side: f32) -> Ink {
+        let scale = SIDE as f32 / side;
+        let cell_of = |p: i64, origin: f32| {
+            let t = ((p as f32 + 0.5 - origin) * scale).floor();
+            (0.0..SIDE as f32).contains(&t).then_some(t as usize)
+        };
+        let span = |origin: f32| (origin.floor() as i64)..((origin + side).ceil() as i64);
+        let covered = |origin: f32| {
+            let mut counts = [0u32; SIDE];
+            for p in span(origin) {
+                if let Some(t) = cell_of(p, origin) {
+                    counts[t] += 1;
+                }
+            }
+            counts
+        };
+        let (columns, rows) = (covered(left), covered(top));
+        let column_of: Vec<Option<usize>> = (0..self.w as i64).map(|x| cell_of(x, left)).collect();
+        let mut sums = vec![0u32; SIDE * SIDE];
+        for y in 0..self.h {
+            let Some(ty) = cell_of(y as i64, top) else { continue };
+            let row = &self.cells[y * self.w..(y + 1) * self.w];
+            let out = &mut sums[ty * SIDE..(ty + 1) * SIDE];
+            for (&d, column) in row.iter().zip(&column_of) {
+                if d != 0
+                    && let Some(tx) = column
+                {
+                    out[*tx] += u32::from(d);
+                }
+            }
+        }
+        let cells = sums
+            .iter()
+            .enumerate()
+            .map(|(i, &sum)| {
+                let area = columns[i % SIDE] * rows[i / SIDE];
+                if area == 0 {
+                    0.0
+                } else {
+                    sum as f32 / 255.0 / area as f32
+                }
+            })
+            .collect();
+        Ink { side: SIDE, cells }
+    }
+
     /// Half-open pixel bounds of the ink.
     fn ink_bbox(&self) -> Option<(usize, usize, usize, usize)> {
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
@@ -265,20 +329,16 @@ impl Integral {
         Integral { w, h, sums }
     }
 
-    /// Area-averages the rectangle, centred in a square of its larger side,
-    /// onto a SIDE × SIDE grid; outside the image is paper.
-    fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> Ink {
-        let side = (x1 - x0).max(y1 - y0).max(1.0);
-        let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
-        let (left, top) = (cx - side / 2.0, cy - side / 2.0);
-        let sums = self;
+    /// Upsampling small images: each cell takes the mean of the pixels
+    /// under it (at least the one it falls in).
+    fn square_resample(&self, left: f32, top: f32, side: f32) -> Ink {
         let step = side / SIDE as f32;
         let mut cells = Vec::with_capacity(SIDE * SIDE);
         for ty in 0..SIDE {
             let (sy0, sy1) = (top + ty as f32 * step, top + (ty + 1) as f32 * step);
             for tx in 0..SIDE {
                 let (sx0, sx1) = (left + tx as f32 * step, left + (tx + 1) as f32 * step);
-                cells.push(sums.mean(sx0, sy0, sx1, sy1));
+                cells.push(self.mean(sx0, sy0, sx1, sy1));
             }
         }
         Ink { side: SIDE, cells }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod l2;
 pub mod raster;
 pub mod render;
+pub mod verify;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {

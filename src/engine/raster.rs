@@ -85,7 +85,7 @@ impl Orientation {
     }
 
     /// Where pixel (x, y) of a `side`-square lands.
-    fn map(self, x: usize, y: usize, side: usize) -> (usize, usize) {
+    pub(crate) fn map(self, x: usize, y: usize, side: usize) -> (usize, usize) {
         let x = if self.mirrored { side - 1 - x } else { x };
         match self.quarter_turns % 4 {
             0 => (x, y),

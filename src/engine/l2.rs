@@ -163,9 +163,31 @@ impl HashIndex {
                 }
             }
         }
-        let mut found: Vec<Candidate> = best
-            .into_iter()
-            .map(|(slot, (d, p, orientation))| Candidate {
+        self.ranked(best.into_iter().map(|(slot, (d, p, o))| (slot, d, p, o)))
+    }
+
+    /// The same answer by scanning every drawing; tests hold MIH to it.
+    pub fn candidates_by_scan(&self, probes: &[(Orientation, Hashes)], radius: u32) -> Vec<Candidate> {
+        let radius = radius.min(MAX_RADIUS);
+        let closest = self
+            .slots
+            .iter()
+            .zip(&self.codes)
+            .enumerate()
+            .filter(|(_, (s, _))| s.alive);
+        self.ranked(closest.filter_map(|(slot, (s, code))| {
+            probes
+                .iter()
+                .map(|(o, p)| (slot as u32, hamming(&p.dhash, code), hamming(&p.phash, &s.phash), *o))
+                .filter(|(_, d, _, _)| *d <= radius)
+                .min_by_key(|(_, d, _, _)| *d)
+        }))
+    }
+
+    /// Closest first; ties by pHash distance, then id, so answers are stable.
+    fn ranked(&self, found: impl Iterator<Item = (u32, u32, u32, Orientation)>) -> Vec<Candidate> {
+        let mut found: Vec<Candidate> = found
+            .map(|(slot, d, p, orientation)| Candidate {
                 drawing_id: self.slots[slot as usize].id.clone(),
                 orientation,
                 dhash_distance: d,
@@ -173,42 +195,9 @@ impl HashIndex {
             })
             .collect();
         found.sort_by(|a, b| {
-            (a.dhash_distance, a.phash_distance, &a.drawing_id).cmp(&(
-                b.dhash_distance,
-                b.phash_distance,
-                &b.drawing_id,
-            ))
-        });
-        found
-    }
-
-    /// The same answer by scanning every drawing; tests hold MIH to it.
-    pub fn candidates_by_scan(&self, probes: &[(Orientation, Hashes)], radius: u32) -> Vec<Candidate> {
-        let mut found: Vec<Candidate> = self
-            .slots
-            .iter()
-            .zip(&self.codes)
-            .filter(|(s, _)| s.alive)
-            .filter_map(|(s, code)| {
-                probes
-                    .iter()
-                    .map(|(o, p)| (hamming(&p.dhash, code), hamming(&p.phash, &s.phash), *o))
-                    .filter(|(d, _, _)| *d <= radius.min(MAX_RADIUS))
-                    .min_by_key(|(d, _, _)| *d)
-                    .map(|(d, p, orientation)| Candidate {
-                        drawing_id: s.id.clone(),
-                        orientation,
-                        dhash_distance: d,
-                        phash_distance: p,
-                    })
-            })
-            .collect();
-        found.sort_by(|a, b| {
-            (a.dhash_distance, a.phash_distance, &a.drawing_id).cmp(&(
-                b.dhash_distance,
-                b.phash_distance,
-                &b.drawing_id,
-            ))
+            (a.dhash_distance, a.phash_distance)
+                .cmp(&(b.dhash_distance, b.phash_distance))
+                .then_with(|| a.drawing_id.cmp(&b.drawing_id))
         });
         found
     }

@@ -36,6 +36,86 @@ pub enum Command {
     MigratePayloads(PendingArgs),
     /// Print the effective configuration, each value with its source.
     Config(ServeArgs),
+    /// Measure how far the L2 hashes put duplicates and distinct drawings apart, per transform.
+    #[command(long_about = CALIBRATE_ABOUT)]
+    Calibrate(CalibrateArgs),
+}
+
+const CALIBRATE_ABOUT: &str = "\
+Measure how well the L2 features (trimmed dHash-256 and pHash-256, page dHash-256) separate
+duplicates from distinct drawings, per transform, so thresholds can be chosen from data.
+
+This version reports Hamming-distance statistics, not the duplicate/similar precision of engine
+verdicts: the engine does not yet turn distances into `similarity` verdicts (that comes with L3).
+For each hash, and for the rule `dHash <= T_d OR pHash <= T_p`, it picks the largest threshold
+whose false-positive rate over random pairs of distinct library drawings is at most --target-fpr
+(the query's 8 orientations probed, as the engine searches), and reports the recall of each
+transform at that threshold. Files whose renders are pixel-identical count as duplicates, and so
+do files that are the same picture turned or mirrored (orientation twins) unless --twins-distinct.
+
+Queries: --generate turns each library drawing's render into resize 1/2 and 1/4, JPEG q75 and
+q30, lines x3, 20% padding, rotation 90/180/270 and mirror; --queries DIR --truth FILE.csv
+(rows `query,expected`, names relative to the two folders; an empty `expected` must match
+nothing) measures given files. Progress goes to stderr.";
+
+/// `dedup2d calibrate`: see [`crate::calibrate`].
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Folder of library drawings (DXF, PNG, JPEG, TIFF, BMP, WebP, GIF; not recursive).
+    #[arg(long, value_name = "DIR")]
+    pub library: PathBuf,
+    /// Make the transformed queries of every library drawing.
+    #[arg(long)]
+    pub generate: bool,
+    /// Folder of query files, with --truth.
+    #[arg(long, value_name = "DIR", requires = "truth")]
+    pub queries: Option<PathBuf>,
+    /// CSV of `query,expected` rows for --queries.
+    #[arg(long, value_name = "FILE.csv", requires = "queries")]
+    pub truth: Option<PathBuf>,
+    /// Canvas side in pixels for rendering DXF (1-px lines).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(8..=8192))]
+    pub size: u32,
+    /// Use only the first N library files, by name.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Largest false-positive rate over distinct library pairs a threshold may have.
+    #[arg(long, default_value_t = 0.001, value_name = "RATE")]
+    pub target_fpr: f64,
+    /// Distinct library pairs to sample (all of them when there are fewer).
+    #[arg(long, default_value_t = 200_000, value_name = "N")]
+    pub pairs: usize,
+    /// Seed of the pair sample.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker threads (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Count library pairs that are the same picture turned or mirrored as distinct drawings (default: duplicates).
+    #[arg(long)]
+    pub twins_distinct: bool,
+}
+
+impl CalibrateArgs {
+    pub fn options(&self) -> crate::calibrate::Options {
+        let defaults = crate::calibrate::Options::default();
+        crate::calibrate::Options {
+            library: self.library.clone(),
+            generate: self.generate,
+            queries: self.queries.clone().zip(self.truth.clone()),
+            size: self.size,
+            limit: self.limit,
+            target_fpr: self.target_fpr,
+            pairs: self.pairs,
+            seed: self.seed,
+            threads: self.threads.unwrap_or(defaults.threads).max(1),
+            progress: true,
+            twins_distinct: self.twins_distinct,
+        }
+    }
 }
 
 #[derive(Debug, Args, Default)]
@@ -88,6 +168,7 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
         ),
         Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
         Command::MigratePayloads(_) => bail!("`dedup2d migrate-payloads` is not built yet: it arrives with issue #5"),
+        Command::Calibrate(args) => return crate::calibrate::run(&args.options(), args.json),
     };
     let config = load_config(cli.config, env, &args)?;
     if !serve {

@@ -8,10 +8,12 @@
 //! - [`engine`] is pure matching: bytes in, features and scores out;
 //! - [`jobs`], [`library`] and [`stats`] define the storage seams, which
 //!   [`embedded`] implements on SQLite; [`store`] owns file paths;
-//! - [`runner`] runs async jobs in-process; [`search`] is one search.
+//! - [`runner`] runs async jobs in-process; [`search`] is one search;
+//! - [`calibrate`] measures how well the L2 hashes separate duplicates.
 
 pub mod api;
 pub mod app;
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod embedded;

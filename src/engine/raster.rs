@@ -18,11 +18,11 @@ pub const SIDE: usize = 256;
 const PAPER: f32 = 225.0;
 /// Luma at or below this is full ink.
 const INK: f32 = 60.0;
-/// A pixel darker than this (of 255) belongs to the ink's bounding box...
-const BBOX_INK: u8 = 90;
-/// ...or than half the darkest pixel, when even that is fainter: a 1-px line
-/// shrunk 4x is only about 20% grey, and must still be ink.
-const MIN_BBOX_INK: u8 = 8;
+/// A pixel darker than this (of 255, about luma 220) belongs to the ink's
+/// bounding box. Low on purpose: thin or grey lines fade when a drawing is
+/// shrunk, and a box that loses them trims a different drawing. JPEG noise
+/// near white is already paper (see `PAPER`).
+const BBOX_INK: u8 = 8;
 /// Margin kept around the trimmed ink, as a share of its larger side.
 const MARGIN: f32 = 0.02;
 
@@ -294,8 +294,7 @@ impl Grid<'_> {
 
     /// Half-open pixel bounds of the ink.
     fn ink_bbox(&self) -> Option<(usize, usize, usize, usize)> {
-        let darkest = self.cells.iter().copied().max().unwrap_or(0);
-        let threshold = BBOX_INK.min(darkest / 2).max(MIN_BBOX_INK);
+        let threshold = BBOX_INK;
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
         for y in 0..self.h {
             let row = &self.cells[y * self.w..(y + 1) * self.w];

@@ -1285,22 +1285,12 @@ fn label(key: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use dxf::entities::{Arc, Circle, Entity, EntityType, Line, LwPolyline};
+    use dxf::entities::{Arc, Entity, EntityType, LwPolyline};
     use dxf::enums::AcadVersion;
     use dxf::{LwPolylineVertex, Point};
 
     use super::*;
-
-    fn line(x1: f64, y1: f64, x2: f64, y2: f64) -> Entity {
-        Entity::new(EntityType::Line(Line::new(
-            Point::new(x1, y1, 0.0),
-            Point::new(x2, y2, 0.0),
-        )))
-    }
-
-    fn circle(x: f64, y: f64, r: f64) -> Entity {
-        Entity::new(EntityType::Circle(Circle::new(Point::new(x, y, 0.0), r)))
-    }
+    use crate::engine::render::test_entities::{circle, line};
 
     fn arc(x: f64, y: f64, r: f64, a0: f64, a1: f64) -> Entity {
         Entity::new(EntityType::Arc(Arc::new(Point::new(x, y, 0.0), r, a0, a1)))

@@ -1188,14 +1188,31 @@ fn mtext_plain(s: &str) -> String {
     percent_codes(&out)
 }
 
+/// Entity builders for tests that write DXF fixtures.
+#[cfg(test)]
+pub(crate) mod test_entities {
+    use dxf::Point;
+    use dxf::entities::{Circle, Entity, EntityType, Line};
+
+    pub fn line(x1: f64, y1: f64, x2: f64, y2: f64) -> Entity {
+        Entity::new(EntityType::Line(Line::new(
+            Point::new(x1, y1, 0.0),
+            Point::new(x2, y2, 0.0),
+        )))
+    }
+
+    pub fn circle(x: f64, y: f64, r: f64) -> Entity {
+        Entity::new(EntityType::Circle(Circle::new(Point::new(x, y, 0.0), r)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_entities::{circle, line};
     use std::collections::HashSet;
     use std::f64::consts::PI;
 
-    use dxf::entities::{
-        Arc, Circle, Ellipse, Insert, Line, LwPolyline, MText, ModelPoint, RotatedDimension, Spline, Text,
-    };
+    use dxf::entities::{Arc, Ellipse, Insert, LwPolyline, MText, ModelPoint, RotatedDimension, Spline, Text};
     use dxf::enums::AcadVersion;
     use dxf::{Block, Drawing, LwPolylineVertex, Point, Vector};
     use image::imageops;
@@ -1223,17 +1240,6 @@ mod tests {
 
     fn render(d: &Drawing) -> GrayImage {
         render_dxf(&ascii(d), &RenderOptions::default()).unwrap()
-    }
-
-    fn line(x1: f64, y1: f64, x2: f64, y2: f64) -> Entity {
-        Entity::new(EntityType::Line(Line::new(
-            Point::new(x1, y1, 0.0),
-            Point::new(x2, y2, 0.0),
-        )))
-    }
-
-    fn circle(x: f64, y: f64, r: f64) -> Entity {
-        Entity::new(EntityType::Circle(Circle::new(Point::new(x, y, 0.0), r)))
     }
 
     fn insert(name: &str, x: f64, y: f64, rotation: f64, sx: f64) -> Entity {

@@ -400,7 +400,7 @@ struct Drawing {
 /// lines, a raster decoded and flattened onto white paper.
 fn load(path: &Path, size: u32) -> Result<GrayImage, Skip> {
     let bytes = std::fs::read(path).map_err(|e| skip("cannot read the file", e))?;
-    let features = engine::fingerprint(&bytes, Limits::default()).map_err(|e| match e {
+    let features = engine::inspect(&bytes, Limits::default()).map_err(|e| match e {
         EngineError::Empty => skip("empty file", e),
         EngineError::Unsupported(_) => skip("not a drawing format", e),
         EngineError::Unreadable(_) => skip("unreadable", e),

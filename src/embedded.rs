@@ -6,6 +6,7 @@
 //! `in_progress` row as orphaned by a previous run. Commits use WAL with
 //! `synchronous=NORMAL`: a killed process loses nothing it committed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -105,6 +106,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "normal")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        add_thumbnail_column(&conn)?;
         let recovered = conn.execute(
             "UPDATE jobs SET status = 'pending', started_at = NULL WHERE status = 'in_progress'",
             [],
@@ -412,6 +414,18 @@ impl JobStore for Db {
     }
 }
 
+/// Libraries made before L3 lack the column; their drawings get
+/// thumbnails on the next rebuild.
+fn add_thumbnail_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('drawings') WHERE name = 'thumbnail'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE drawings ADD COLUMN thumbnail BLOB")?;
+    }
+    Ok(())
+}
+
 const DRAWING_COLUMNS: &str = "tenant_id, drawing_id, file_name, file_hash, file_ref, features, created_at";
 
 fn drawing_from_row(row: &Row<'_>) -> rusqlite::Result<Drawing> {
@@ -430,14 +444,16 @@ fn drawing_from_row(row: &Row<'_>) -> rusqlite::Result<Drawing> {
 
 #[async_trait]
 impl LibraryStore for Db {
-    async fn insert(&self, drawing: &Drawing) -> Result<(), LibraryError> {
+    async fn insert(&self, drawing: &Drawing, thumbnail: Option<&[u8]>) -> Result<(), LibraryError> {
         let d = drawing.clone();
         let file_ref = to_json(&d.file_ref)?;
         let features = to_json(&d.features)?;
+        let thumbnail = thumbnail.map(<[u8]>::to_vec);
         let inserted = self
             .call(move |inner| {
-                let sql =
-                    format!("INSERT OR IGNORE INTO drawings ({DRAWING_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+                let sql = format!(
+                    "INSERT OR IGNORE INTO drawings ({DRAWING_COLUMNS}, thumbnail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                );
                 Ok(inner.conn.execute(
                     &sql,
                     params![
@@ -447,7 +463,8 @@ impl LibraryStore for Db {
                         d.file_hash,
                         file_ref,
                         features,
-                        d.created_at
+                        d.created_at,
+                        thumbnail
                     ],
                 )?)
             })
@@ -496,17 +513,64 @@ impl LibraryStore for Db {
             .await?)
     }
 
-    async fn set_features(&self, tenant_id: &str, drawing_id: &str, features: &Features) -> Result<(), LibraryError> {
+    async fn set_features(
+        &self,
+        tenant_id: &str,
+        drawing_id: &str,
+        features: &Features,
+        thumbnail: Option<&[u8]>,
+    ) -> Result<(), LibraryError> {
         let (tenant_id, drawing_id) = (tenant_id.to_string(), drawing_id.to_string());
         let hash = features.file_hash.clone();
         let features = to_json(features)?;
+        let thumbnail = thumbnail.map(<[u8]>::to_vec);
         Ok(self
             .call(move |inner| {
                 inner.conn.execute(
-                    "UPDATE drawings SET features = ?3, file_hash = ?4 WHERE tenant_id = ?1 AND drawing_id = ?2",
-                    params![tenant_id, drawing_id, features, hash],
+                    "UPDATE drawings SET features = ?3, file_hash = ?4, thumbnail = ?5 WHERE tenant_id = ?1 AND drawing_id = ?2",
+                    params![tenant_id, drawing_id, features, hash, thumbnail],
                 )?;
                 Ok(())
+            })
+            .await?)
+    }
+
+    async fn drawing(&self, tenant_id: &str, drawing_id: &str) -> Result<Option<Drawing>, LibraryError> {
+        let (tenant_id, drawing_id) = (tenant_id.to_string(), drawing_id.to_string());
+        Ok(self
+            .call(move |inner| {
+                let sql = format!("SELECT {DRAWING_COLUMNS} FROM drawings WHERE tenant_id = ?1 AND drawing_id = ?2");
+                Ok(inner
+                    .conn
+                    .prepare_cached(&sql)?
+                    .query_row(params![tenant_id, drawing_id], drawing_from_row)
+                    .optional()?)
+            })
+            .await?)
+    }
+
+    async fn thumbnails(
+        &self,
+        tenant_id: &str,
+        drawing_ids: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, LibraryError> {
+        let tenant_id = tenant_id.to_string();
+        let ids = drawing_ids.to_vec();
+        Ok(self
+            .call(move |inner| {
+                let mut statement = inner.conn.prepare_cached(
+                    "SELECT thumbnail FROM drawings WHERE tenant_id = ?1 AND drawing_id = ?2 AND thumbnail IS NOT NULL",
+                )?;
+                let mut found = HashMap::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(bytes) = statement
+                        .query_row(params![tenant_id, id], |r| r.get::<_, Vec<u8>>(0))
+                        .optional()?
+                    {
+                        found.insert(id, bytes);
+                    }
+                }
+                Ok(found)
             })
             .await?)
     }

@@ -1,19 +1,27 @@
 //! The matching engine: bytes in, features and scores out. Pure: no IO, no
 //! async, no config lookups; callers pass bytes, limits and parameters.
 //!
-//! For now it matches exact duplicates only (L1: sha256 of the bytes). The
-//! near-duplicate levels replace [`fingerprint`] and [`Index::search`] without
-//! changing their callers.
+//! Levels (CONTRACT §3): L1 exact (sha256 of the bytes, and for DXF the
+//! canonical geometry hash), L2 perceptual candidates ([`l2`] over
+//! [`raster`] hashes, eight orientations probed), L3 verification on
+//! aligned thumbnails ([`verify`]), L4 a finer comparison of the original
+//! drawings with difference boxes ([`fine`]). [`index::Search`] runs them in
+//! steps so the caller can fetch what a step needs in between.
 
-use std::collections::HashMap;
-use std::time::Instant;
-
+use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
+pub mod fine;
+pub mod index;
 pub mod l2;
 pub mod raster;
 pub mod render;
 pub mod verify;
+
+pub use index::{Entry, Index, Search, Transform};
+use raster::{Hash256, Hashes, Ink, Orientation};
+use render::RenderOptions;
+use verify::Thumbnail;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
@@ -59,19 +67,46 @@ impl Format {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_pixels: u64,
+    /// Bytes a raster decoder may allocate.
+    pub max_decode_bytes: u64,
+    /// DXF entities drawn, counting every block instance.
+    pub max_entities: usize,
+    /// Deepest INSERT/DIMENSION nesting.
+    pub max_block_depth: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let render = RenderOptions::default();
         Limits {
             max_pixels: 200_000_000,
+            max_decode_bytes: 1 << 30,
+            max_entities: render.max_entities,
+            max_block_depth: render.max_block_depth,
         }
     }
 }
 
+impl Limits {
+    fn render_options(&self, size: u32) -> RenderOptions {
+        RenderOptions {
+            size,
+            max_entities: self.max_entities,
+            max_block_depth: self.max_block_depth,
+            ..RenderOptions::default()
+        }
+    }
+}
+
+/// DXF drawings are rendered at this side before raster features: the size
+/// the reference renders of CAD libraries use, so a DXF and its PNG export
+/// land on the same pixels.
+pub const DXF_RENDER_SIZE: u32 = 1000;
+
 /// What the library stores per drawing, so an index is rebuilt without
-/// re-reading drawings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// re-reading drawings. The L3 thumbnail is stored beside it, not in it:
+/// indexes load these, and only searches read thumbnails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Features {
     /// sha256 of the bytes, 64 lowercase hex.
     pub file_hash: String,
@@ -79,6 +114,61 @@ pub struct Features {
     /// Pixel size for rasters; absent for DXF.
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// DXF only: [`render::Geometry::canonical_hash`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry_hash: Option<String>,
+    /// Absent for a blank page, and in features stored before L2 existed
+    /// (a rebuild fills them in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ink: Option<InkFeatures>,
+}
+
+/// The L2 hashes of a drawing in its stored orientation, and the shape of
+/// its ink box.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct InkFeatures {
+    #[serde(with = "hash_hex")]
+    pub dhash: Hash256,
+    #[serde(with = "hash_hex")]
+    pub phash: Hash256,
+    #[serde(with = "hash_hex")]
+    pub page_dhash: Hash256,
+    /// Width / height of the ink box.
+    pub aspect: f32,
+    /// Longer side of the ink box: pixels for rasters, drawing units for
+    /// DXF. Two of the same kind give the scale between them.
+    pub extent: f64,
+}
+
+impl InkFeatures {
+    pub fn hashes(&self) -> Hashes {
+        Hashes {
+            dhash: self.dhash,
+            phash: self.phash,
+        }
+    }
+}
+
+mod hash_hex {
+    use super::Hash256;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(hash: &Hash256, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hash.iter().map(|w| format!("{w:016x}")).collect::<String>())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Hash256, D::Error> {
+        let text = String::deserialize(d)?;
+        let word = |i: usize| {
+            text.get(i * 16..(i + 1) * 16)
+                .and_then(|w| u64::from_str_radix(w, 16).ok())
+                .ok_or_else(|| D::Error::custom("a 256-bit hash is 64 hex digits"))
+        };
+        if text.len() != 64 {
+            return Err(D::Error::custom("a 256-bit hash is 64 hex digits"));
+        }
+        Ok([word(0)?, word(1)?, word(2)?, word(3)?])
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -93,8 +183,9 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Checks that `bytes` is a drawing we read and computes its features.
-pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Features, EngineError> {
+/// Checks that `bytes` is a drawing we read, from its header alone: cheap
+/// enough for the submit path, which must not decode what a job will.
+pub fn inspect(bytes: &[u8], limits: Limits) -> Result<Features, EngineError> {
     let format = sniff(bytes)?;
     let (width, height) = match format {
         Format::DxfAscii => {
@@ -118,7 +209,105 @@ pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Features, EngineError
         format,
         width,
         height,
+        geometry_hash: None,
+        ink: None,
     })
+}
+
+/// A drawing's stored features plus what a search needs of it as a query.
+pub struct Fingerprint {
+    pub features: Features,
+    pub thumbnail: Option<Thumbnail>,
+    /// The trimmed ink, kept so a query can be probed in eight orientations.
+    trimmed: Option<Ink>,
+}
+
+impl Fingerprint {
+    /// The query's hashes and thumbnail in each of the eight orientations.
+    pub fn probes(&self) -> Vec<Probe> {
+        let Some(ink) = &self.trimmed else {
+            return Vec::new();
+        };
+        let thumbnail = Thumbnail::from_ink(ink);
+        Orientation::ALL
+            .iter()
+            .map(|&orientation| Probe {
+                orientation,
+                hashes: ink.oriented(orientation).hashes(),
+                thumbnail: thumbnail.oriented(orientation),
+            })
+            .collect()
+    }
+}
+
+/// A query: its fingerprint and its eight orientations.
+pub struct Query {
+    pub fingerprint: Fingerprint,
+    pub probes: Vec<Probe>,
+}
+
+pub fn query(bytes: &[u8], limits: Limits) -> Result<Query, EngineError> {
+    let fingerprint = fingerprint(bytes, limits)?;
+    let probes = fingerprint.probes();
+    Ok(Query { fingerprint, probes })
+}
+
+/// One orientation of a query.
+pub struct Probe {
+    pub orientation: Orientation,
+    pub hashes: Hashes,
+    pub thumbnail: Thumbnail,
+}
+
+/// Reads the whole drawing: decodes rasters, parses and renders DXF, and
+/// computes every level's features.
+pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Fingerprint, EngineError> {
+    let mut features = inspect(bytes, limits)?;
+    let (image, extent_scale) = match features.format {
+        Format::DxfAscii | Format::DxfBinary => {
+            let options = limits.render_options(DXF_RENDER_SIZE);
+            let geometry = render::load_geometry(bytes, &options).map_err(render_error)?;
+            features.geometry_hash = Some(geometry.canonical_hash());
+            let (x0, y0, x1, y1) = geometry.extents();
+            let image = geometry.render(&options).map_err(render_error)?;
+            // Drawing units per rendered pixel, so `extent` is in units.
+            let inner = f64::from(DXF_RENDER_SIZE) * (1.0 - 2.0 * options.margin);
+            (DynamicImage::ImageLuma8(image), (x1 - x0).max(y1 - y0) / inner)
+        }
+        format => (decode(bytes, format, limits)?, 1.0),
+    };
+    let prepared = raster::prepare(&image);
+    let thumbnail = prepared.as_ref().map(|p| Thumbnail::from_ink(&p.trimmed));
+    features.ink = prepared.as_ref().map(|p| {
+        let trimmed = p.trimmed.hashes();
+        InkFeatures {
+            dhash: trimmed.dhash,
+            phash: trimmed.phash,
+            page_dhash: p.page.hashes().dhash,
+            aspect: p.ink_aspect,
+            extent: f64::from(p.ink_extent) * extent_scale,
+        }
+    });
+    Ok(Fingerprint {
+        features,
+        thumbnail,
+        trimmed: prepared.map(|p| p.trimmed),
+    })
+}
+
+fn render_error(e: render::RenderError) -> EngineError {
+    EngineError::Unreadable(e.to_string())
+}
+
+/// Decodes a raster within the limits; the size was checked by [`inspect`].
+pub(crate) fn decode(bytes: &[u8], format: Format, limits: Limits) -> Result<DynamicImage, EngineError> {
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image_format(format));
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_decode_bytes);
+    reader.limits(image_limits);
+    reader
+        .decode()
+        .map_err(|e| EngineError::Unreadable(format!("cannot decode the {} image: {e}", format.name())))
 }
 
 fn sniff(bytes: &[u8]) -> Result<Format, EngineError> {
@@ -190,8 +379,8 @@ fn check_ascii_dxf(bytes: &[u8]) -> Result<(), EngineError> {
     }
 }
 
-fn raster_size(bytes: &[u8], format: Format) -> Result<(u32, u32), EngineError> {
-    let image_format = match format {
+fn image_format(format: Format) -> image::ImageFormat {
+    match format {
         Format::Png => image::ImageFormat::Png,
         Format::Jpeg => image::ImageFormat::Jpeg,
         Format::Tiff => image::ImageFormat::Tiff,
@@ -199,8 +388,11 @@ fn raster_size(bytes: &[u8], format: Format) -> Result<(u32, u32), EngineError> 
         Format::Webp => image::ImageFormat::WebP,
         Format::Gif => image::ImageFormat::Gif,
         Format::DxfAscii | Format::DxfBinary => unreachable!("rasters only"),
-    };
-    image::ImageReader::with_format(std::io::Cursor::new(bytes), image_format)
+    }
+}
+
+fn raster_size(bytes: &[u8], format: Format) -> Result<(u32, u32), EngineError> {
+    image::ImageReader::with_format(std::io::Cursor::new(bytes), image_format(format))
         .into_dimensions()
         .map_err(|e| EngineError::Unreadable(format!("cannot read the {} image: {e}", format.name())))
 }
@@ -286,6 +478,10 @@ pub struct Match {
     pub match_level: u8,
     pub verdict: Verdict,
     pub levels: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<Transform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_regions: Option<Vec<fine::Region>>,
 }
 
 /// CONTRACT §3: the shape the original got from its vision service.
@@ -302,104 +498,6 @@ pub struct SearchResult {
     pub error: Option<String>,
 }
 
-/// One drawing in a tenant's index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub drawing_id: String,
-    pub file_name: String,
-    pub features: Features,
-}
-
-/// A tenant's in-memory index: exact-hash buckets for L1.
-#[derive(Debug, Default, Clone)]
-pub struct Index {
-    by_id: HashMap<String, Entry>,
-    by_hash: HashMap<String, Vec<String>>,
-}
-
-impl Index {
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    pub fn contains(&self, drawing_id: &str) -> bool {
-        self.by_id.contains_key(drawing_id)
-    }
-
-    pub fn insert(&mut self, entry: Entry) {
-        self.remove(&entry.drawing_id);
-        self.by_hash
-            .entry(entry.features.file_hash.clone())
-            .or_default()
-            .push(entry.drawing_id.clone());
-        self.by_id.insert(entry.drawing_id.clone(), entry);
-    }
-
-    pub fn remove(&mut self, drawing_id: &str) -> Option<Entry> {
-        let entry = self.by_id.remove(drawing_id)?;
-        if let Some(ids) = self.by_hash.get_mut(&entry.features.file_hash) {
-            ids.retain(|id| id != drawing_id);
-            if ids.is_empty() {
-                self.by_hash.remove(&entry.features.file_hash);
-            }
-        }
-        Some(entry)
-    }
-
-    /// `fingerprint_ms` is the caller's measured time to fingerprint the
-    /// query, reported in `timing` beside the search's own.
-    pub fn search(&self, query: &Features, params: &SearchParams, fingerprint_ms: f64) -> SearchResult {
-        let started = Instant::now();
-        let mut duplicates: Vec<Match> = self
-            .by_hash
-            .get(&query.file_hash)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.by_id.get(id))
-            .map(|entry| exact_match(entry, params))
-            .collect();
-        duplicates.sort_by(|a, b| a.drawing_id.cmp(&b.drawing_id));
-        let candidates = duplicates.len();
-        duplicates.truncate(params.max_results);
-        let l1_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let mut timing = serde_json::Map::new();
-        timing.insert("fingerprint_ms".into(), round_ms(fingerprint_ms));
-        timing.insert("l1_ms".into(), round_ms(l1_ms));
-        timing.insert("total_ms".into(), round_ms(fingerprint_ms + l1_ms));
-        SearchResult {
-            success: true,
-            total_matches: duplicates.len(),
-            duplicates,
-            similar: Vec::new(),
-            final_level: 1,
-            timing,
-            level_stats: serde_json::json!({
-                "l1": {"library_size": self.len(), "candidates": candidates},
-            }),
-            warnings: mode_warnings(params),
-            error: None,
-        }
-    }
-}
-
-fn exact_match(entry: &Entry, params: &SearchParams) -> Match {
-    let similarity = 1.0;
-    Match {
-        drawing_id: entry.drawing_id.clone(),
-        file_hash: entry.features.file_hash.clone(),
-        file_name: entry.file_name.clone(),
-        similarity,
-        confidence: 1.0,
-        match_level: 1,
-        verdict: verdict(similarity, params),
-        levels: serde_json::json!({"l1": {"exact": true, "similarity": similarity}}),
-    }
-}
-
 pub fn verdict(similarity: f64, params: &SearchParams) -> Verdict {
     if similarity >= params.duplicate_threshold {
         Verdict::Duplicate
@@ -408,23 +506,6 @@ pub fn verdict(similarity: f64, params: &SearchParams) -> Verdict {
     } else {
         Verdict::Different
     }
-}
-
-/// Until the near-duplicate levels exist, say so instead of pretending a
-/// balanced or precise search looked further than L1.
-fn mode_warnings(params: &SearchParams) -> Vec<String> {
-    if params.mode == Mode::Fast {
-        Vec::new()
-    } else {
-        vec![format!(
-            "mode={} searched exact duplicates only (L1); near-duplicate levels are not available yet",
-            params.mode.as_str()
-        )]
-    }
-}
-
-fn round_ms(ms: f64) -> serde_json::Value {
-    serde_json::json!((ms * 1000.0).round() / 1000.0)
 }
 
 #[cfg(test)]
@@ -443,68 +524,47 @@ mod tests {
 
     #[test]
     fn rasters_and_dxf_are_recognised() {
-        let png = fingerprint(&tiny_png(), Limits::default()).unwrap();
+        let png = inspect(&tiny_png(), Limits::default()).unwrap();
         assert_eq!((png.format, png.width, png.height), (Format::Png, Some(3), Some(2)));
         assert_eq!(png.file_hash.len(), 64);
-        let dxf = fingerprint(DXF.as_bytes(), Limits::default()).unwrap();
+        let dxf = inspect(DXF.as_bytes(), Limits::default()).unwrap();
         assert_eq!(dxf.format, Format::DxfAscii);
         let commented = format!("999\nmade by hand\n{DXF}");
         assert_eq!(
-            fingerprint(commented.as_bytes(), Limits::default()).unwrap().format,
+            inspect(commented.as_bytes(), Limits::default()).unwrap().format,
             Format::DxfAscii
         );
     }
 
     #[test]
     fn bad_input_is_named() {
-        assert_eq!(fingerprint(b"", Limits::default()), Err(EngineError::Empty));
-        let dwg = fingerprint(b"AC1032\0\0\0garbage", Limits::default()).unwrap_err();
+        assert_eq!(inspect(b"", Limits::default()), Err(EngineError::Empty));
+        let dwg = inspect(b"AC1032\0\0\0garbage", Limits::default()).unwrap_err();
         assert!(
             matches!(&dwg, EngineError::Unsupported(m) if m.contains("DWG")),
             "{dwg}"
         );
-        let text = fingerprint(b"hello world", Limits::default()).unwrap_err();
+        let text = inspect(b"hello world", Limits::default()).unwrap_err();
         assert!(
             matches!(&text, EngineError::Unsupported(m) if m.contains("PNG")),
             "{text}"
         );
-        let truncated = fingerprint(&tiny_png()[..20], Limits::default()).unwrap_err();
+        let truncated = inspect(&tiny_png()[..20], Limits::default()).unwrap_err();
         assert!(matches!(truncated, EngineError::Unreadable(_)));
-        let cut_dxf = fingerprint(&DXF.as_bytes()[..30], Limits::default()).unwrap_err();
+        let cut_dxf = inspect(&DXF.as_bytes()[..30], Limits::default()).unwrap_err();
         assert!(matches!(cut_dxf, EngineError::Unreadable(_)));
-        let huge = fingerprint(&tiny_png(), Limits { max_pixels: 5 }).unwrap_err();
+        let huge = inspect(
+            &tiny_png(),
+            Limits {
+                max_pixels: 5,
+                ..Limits::default()
+            },
+        )
+        .unwrap_err();
         assert!(
             matches!(&huge, EngineError::Unreadable(m) if m.contains("3x2")),
             "{huge}"
         );
-    }
-
-    #[test]
-    fn index_finds_only_identical_bytes_and_forgets_removed_drawings() {
-        let a = fingerprint(&tiny_png(), Limits::default()).unwrap();
-        let b = fingerprint(DXF.as_bytes(), Limits::default()).unwrap();
-        let mut index = Index::default();
-        for (id, features) in [("d1", &a), ("d2", &a), ("d3", &b)] {
-            index.insert(Entry {
-                drawing_id: id.into(),
-                file_name: format!("{id}.png"),
-                features: features.clone(),
-            });
-        }
-        let params = SearchParams::default();
-        let found = index.search(&a, &params, 0.5);
-        let ids: Vec<_> = found.duplicates.iter().map(|m| m.drawing_id.as_str()).collect();
-        assert_eq!(ids, ["d1", "d2"]);
-        assert_eq!(found.total_matches, 2);
-        assert_eq!(found.duplicates[0].verdict, Verdict::Duplicate);
-        assert!(found.timing["total_ms"].as_f64().unwrap() >= 0.5);
-        index.remove("d1");
-        assert_eq!(index.search(&a, &params, 0.0).total_matches, 1);
-        let limited = SearchParams {
-            max_results: 0,
-            ..params
-        };
-        assert_eq!(index.search(&b, &limited, 0.0).total_matches, 0);
     }
 
     #[test]

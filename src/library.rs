@@ -7,12 +7,18 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::engine::{self, Entry, Features, Index, Limits, SearchParams, SearchResult};
+use crate::engine::fine::{self, Detail, Fine};
+use crate::engine::raster::Orientation;
+use crate::engine::verify::Thumbnail;
+use crate::engine::{
+    self, EngineError, Entry, Features, Fingerprint, Index, Limits, Query, Search, SearchParams, SearchResult,
+};
 use crate::store::{FileRef, Files, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,12 +47,26 @@ pub enum LibraryError {
 
 #[async_trait]
 pub trait LibraryStore: Send + Sync {
-    async fn insert(&self, drawing: &Drawing) -> Result<(), LibraryError>;
+    /// `thumbnail` is the drawing's L3 thumbnail, read back by [`Self::thumbnails`].
+    async fn insert(&self, drawing: &Drawing, thumbnail: Option<&[u8]>) -> Result<(), LibraryError>;
     async fn remove(&self, tenant_id: &str, drawing_id: &str) -> Result<Option<Drawing>, LibraryError>;
     async fn all(&self, tenant_id: &str) -> Result<Vec<Drawing>, LibraryError>;
     /// Oldest first, with the tenant's total.
     async fn page(&self, tenant_id: &str, limit: u32, offset: u64) -> Result<(Vec<Drawing>, u64), LibraryError>;
-    async fn set_features(&self, tenant_id: &str, drawing_id: &str, features: &Features) -> Result<(), LibraryError>;
+    async fn set_features(
+        &self,
+        tenant_id: &str,
+        drawing_id: &str,
+        features: &Features,
+        thumbnail: Option<&[u8]>,
+    ) -> Result<(), LibraryError>;
+    async fn drawing(&self, tenant_id: &str, drawing_id: &str) -> Result<Option<Drawing>, LibraryError>;
+    /// The stored thumbnails of those drawings that have one.
+    async fn thumbnails(
+        &self,
+        tenant_id: &str,
+        drawing_ids: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, LibraryError>;
 }
 
 #[derive(Default)]
@@ -87,9 +107,10 @@ impl Library {
         drawing_id: Option<String>,
         file_name: &str,
         bytes: Bytes,
-        features: Features,
+        fingerprint: Fingerprint,
         now: f64,
     ) -> Result<Drawing, LibraryError> {
+        let features = fingerprint.features;
         let tenant = self.tenant(tenant_id);
         let _writer = tenant.writer.lock().await;
         let index = self.index_for_writer(tenant_id, &tenant).await?;
@@ -107,7 +128,8 @@ impl Library {
             features,
             created_at: now,
         };
-        if let Err(e) = self.store.insert(&drawing).await {
+        let thumbnail = fingerprint.thumbnail.map(|t| t.to_bytes());
+        if let Err(e) = self.store.insert(&drawing, thumbnail.as_deref()).await {
             let _ = self.files.delete(&drawing.file_ref).await;
             return Err(e);
         }
@@ -135,16 +157,77 @@ impl Library {
         self.store.page(tenant_id, limit, offset).await
     }
 
+    /// Runs the engine's levels against the tenant's index, fetching L3
+    /// thumbnails and (in `precise` mode) L4 drawings between steps.
     pub async fn search(
         &self,
         tenant_id: &str,
-        query: &Features,
+        query: &Query,
+        query_bytes: &Bytes,
         params: &SearchParams,
         fingerprint_ms: f64,
+        limits: Limits,
     ) -> Result<SearchResult, LibraryError> {
         let tenant = self.tenant(tenant_id);
         let index = self.index(tenant_id, &tenant).await?;
-        Ok(index.search(query, params, fingerprint_ms))
+        let mut search = Search::new(&index, &query.fingerprint, &query.probes, params);
+        let wanted = search.wants_thumbnails();
+        if !wanted.is_empty() {
+            let started = Instant::now();
+            let thumbnails: HashMap<String, Thumbnail> = self
+                .store
+                .thumbnails(tenant_id, &wanted)
+                .await?
+                .into_iter()
+                .filter_map(|(id, bytes)| Some((id, Thumbnail::from_bytes(&bytes)?)))
+                .collect();
+            search.add_time("thumbnails_ms", elapsed_ms(started));
+            search.verify(&thumbnails);
+        }
+        let wanted = search.wants_drawings();
+        if !wanted.is_empty() {
+            let started = Instant::now();
+            let fines = self.compare_finely(tenant_id, query_bytes, wanted, limits).await?;
+            search.refine(fines, elapsed_ms(started));
+        }
+        Ok(search.finish(fingerprint_ms))
+    }
+
+    /// L4: reads the query and each wanted drawing again at fine
+    /// resolution. A drawing that cannot be read is left at its L3 score.
+    async fn compare_finely(
+        &self,
+        tenant_id: &str,
+        query_bytes: &Bytes,
+        wanted: Vec<(String, Orientation)>,
+        limits: Limits,
+    ) -> Result<HashMap<String, Fine>, LibraryError> {
+        let bytes = query_bytes.clone();
+        let Some(query) = blocking(move || fine::detail(&bytes, limits)).await?.ok().flatten() else {
+            return Ok(HashMap::new());
+        };
+        let query = Arc::new(query);
+        let mut fines = HashMap::new();
+        for (drawing_id, orientation) in wanted {
+            let Some(drawing) = self.store.drawing(tenant_id, &drawing_id).await? else {
+                continue;
+            };
+            let bytes = match self.files.get(&drawing.file_ref).await {
+                Ok(bytes) => bytes,
+                Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e).into()),
+                Err(_) => continue,
+            };
+            let query = query.clone();
+            let fine = blocking(move || -> Result<Option<Fine>, EngineError> {
+                let candidate: Option<Detail> = fine::detail(&bytes, limits)?;
+                Ok(candidate.map(|c| fine::compare(&query, &c, orientation)))
+            })
+            .await?;
+            if let Ok(Some(fine)) = fine {
+                fines.insert(drawing_id, fine);
+            }
+        }
+        Ok(fines)
     }
 
     /// Re-reads every stored drawing, recomputes its features and swaps in a
@@ -158,13 +241,17 @@ impl Library {
         let mut unreadable = Vec::new();
         for mut drawing in self.store.all(tenant_id).await? {
             match self.refingerprint(&drawing, limits).await? {
-                Ok(features) => {
-                    if features != drawing.features {
-                        self.store
-                            .set_features(tenant_id, &drawing.drawing_id, &features)
-                            .await?;
-                        drawing.features = features;
-                    }
+                Ok(fingerprint) => {
+                    let thumbnail = fingerprint.thumbnail.map(|t| t.to_bytes());
+                    self.store
+                        .set_features(
+                            tenant_id,
+                            &drawing.drawing_id,
+                            &fingerprint.features,
+                            thumbnail.as_deref(),
+                        )
+                        .await?;
+                    drawing.features = fingerprint.features;
                     index.insert(entry_of(&drawing));
                 }
                 Err(reason) => {
@@ -182,16 +269,18 @@ impl Library {
 
     /// The outer error is an outage worth aborting for; the inner one says
     /// why this drawing cannot be in the library any more.
-    async fn refingerprint(&self, drawing: &Drawing, limits: Limits) -> Result<Result<Features, String>, LibraryError> {
+    async fn refingerprint(
+        &self,
+        drawing: &Drawing,
+        limits: Limits,
+    ) -> Result<Result<Fingerprint, String>, LibraryError> {
         let bytes = match self.files.get(&drawing.file_ref).await {
             Ok(bytes) => bytes,
             Err(StoreError::Unavailable(e)) => return Err(StoreError::Unavailable(e).into()),
             Err(gone) => return Ok(Err(gone.to_string())),
         };
-        let features = tokio::task::spawn_blocking(move || engine::fingerprint(&bytes, limits))
-            .await
-            .map_err(|e| LibraryError::Unavailable(e.to_string()))?;
-        Ok(features.map_err(|e| e.to_string()))
+        let fingerprint = blocking(move || engine::fingerprint(&bytes, limits)).await?;
+        Ok(fingerprint.map_err(|e| e.to_string()))
     }
 
     pub fn loaded(&self) -> LoadedIndexes {
@@ -247,6 +336,16 @@ impl Library {
             change(Arc::make_mut(current));
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, LibraryError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LibraryError::Unavailable(e.to_string()))
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
 }
 
 fn entry_of(drawing: &Drawing) -> Entry {

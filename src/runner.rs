@@ -113,11 +113,12 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
         .get(&payload.file_ref)
         .await
         .context("cannot read the uploaded file")?;
-    let (features, fingerprint_ms) = search::fingerprint(app, bytes).await?;
+    let (query, fingerprint_ms) = search::query(app, bytes.clone()).await?;
     let result = search::run(
         app,
         &payload.tenant_id,
-        &features,
+        &query,
+        &bytes,
         &payload.request_params,
         fingerprint_ms,
     )

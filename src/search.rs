@@ -7,31 +7,56 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::app::App;
-use crate::engine::{self, EngineError, Features, SearchParams, SearchResult};
+use crate::engine::{self, EngineError, Query, SearchParams, SearchResult};
 use crate::library::LibraryError;
 use crate::stats::TenantStats;
 use crate::telemetry as t;
 
-/// Features of a query or drawing and how long they took, in milliseconds.
-pub async fn fingerprint(app: &App, bytes: Bytes) -> Result<(Features, f64), EngineError> {
+/// Reads a drawing off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Unreadable(format!("reading the drawing stopped: {e}"))))
+}
+
+/// A query's features and probes and how long they took, in milliseconds.
+pub async fn query(app: &App, bytes: Bytes) -> Result<(Query, f64), EngineError> {
     let limits = app.limits;
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let started = Instant::now();
-        engine::fingerprint(&bytes, limits).map(|f| (f, started.elapsed().as_secs_f64() * 1000.0))
+        engine::query(&bytes, limits).map(|q| (q, started.elapsed().as_secs_f64() * 1000.0))
     })
     .await
-    .unwrap_or_else(|e| Err(EngineError::Unreadable(format!("fingerprinting stopped: {e}"))))
+}
+
+/// The same for a drawing going into a library.
+pub async fn fingerprint(app: &App, bytes: Bytes) -> Result<engine::Fingerprint, EngineError> {
+    let limits = app.limits;
+    blocking(move || engine::fingerprint(&bytes, limits)).await
+}
+
+/// Only checks that the bytes are a drawing we read (no decoding): what the
+/// submit path can afford before it hands the work to a job.
+pub async fn inspect(app: &App, bytes: Bytes) -> Result<(), EngineError> {
+    let limits = app.limits;
+    blocking(move || engine::inspect(&bytes, limits).map(drop)).await
 }
 
 pub async fn run(
     app: &App,
     tenant_id: &str,
-    query: &Features,
+    query: &Query,
+    query_bytes: &Bytes,
     params: &SearchParams,
     fingerprint_ms: f64,
 ) -> Result<SearchResult, LibraryError> {
     metrics::counter!(t::SEARCH_MODE_TOTAL, "mode" => params.mode.as_str()).increment(1);
-    let result = app.library.search(tenant_id, query, params, fingerprint_ms).await?;
+    let result = app
+        .library
+        .search(tenant_id, query, query_bytes, params, fingerprint_ms, app.limits)
+        .await?;
     let delta = TenantStats::processed(!result.duplicates.is_empty());
     if let Err(error) = app.stats.increment(tenant_id, delta).await {
         tracing::warn!(message = "stats not counted", %error);

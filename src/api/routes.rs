@@ -114,15 +114,16 @@ impl Api {
             ));
         }
         let upload = self.read_upload(request).await?;
-        let (features, fingerprint_ms) = search::fingerprint(&self.app, upload.bytes.clone()).await?;
         let forced = self.forced_async_reason(&upload, &params);
         if !wants_async && forced.is_none() {
-            let result = search::run(&self.app, tenant, &features, &params, fingerprint_ms).await?;
+            let (query, fingerprint_ms) = search::query(&self.app, upload.bytes.clone()).await?;
+            let result = search::run(&self.app, tenant, &query, &upload.bytes, &params, fingerprint_ms).await?;
             return Ok(json_response(
                 StatusCode::OK,
                 &serde_json::to_value(result).map_err(ApiError::internal)?,
             ));
         }
+        search::inspect(&self.app, upload.bytes.clone()).await?;
         let job_id = self.enqueue(tenant, upload, params).await?;
         Ok(json_response(
             StatusCode::OK,
@@ -269,11 +270,11 @@ impl Api {
         let query = Query::parse(request.uri().query());
         let drawing_id = query.text("drawing_id").map(validate_drawing_id).transpose()?;
         let upload = self.read_upload(request).await?;
-        let (features, _) = search::fingerprint(&self.app, upload.bytes.clone()).await?;
+        let fingerprint = search::fingerprint(&self.app, upload.bytes.clone()).await?;
         let drawing = self
             .app
             .library
-            .add(tenant, drawing_id, &upload.file_name, upload.bytes, features, now())
+            .add(tenant, drawing_id, &upload.file_name, upload.bytes, fingerprint, now())
             .await?;
         Ok(json_response(
             StatusCode::OK,

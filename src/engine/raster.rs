@@ -146,6 +146,8 @@ pub struct Prepared {
     pub page: Ink,
     pub ink_ratio: f32,
     pub ink_aspect: f32,
+    /// Longer side of the ink's bounding box, in source pixels.
+    pub ink_extent: f32,
 }
 
 /// Paper is white: transparent pixels count as paper, not as black.
@@ -192,6 +194,11 @@ pub fn darkness(image: &DynamicImage) -> (usize, usize, Vec<u8>) {
 }
 
 pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
+    prepare_at(image, SIDE)
+}
+
+/// [`prepare`] on an `n` × `n` grid: L4 compares drawings finer than L2.
+pub fn prepare_at(image: &DynamicImage, n: usize) -> Option<Prepared> {
     let (w, h, cells) = darkness(image);
     let grid = Grid { w, h, cells: &cells };
     let (x0, y0, x1, y1) = grid.ink_bbox()?;
@@ -203,13 +210,15 @@ pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
         y0 as f32 - margin,
         x1 as f32 + margin,
         y1 as f32 + margin,
+        n,
     );
-    let page = grid.square_resample(0.0, 0.0, w as f32, h as f32);
+    let page = grid.square_resample(0.0, 0.0, w as f32, h as f32, n);
     Some(Prepared {
         trimmed,
         page,
         ink_ratio,
         ink_aspect: bw / bh,
+        ink_extent: bw.max(bh),
     })
 }
 
@@ -232,29 +241,29 @@ struct Grid<'a> {
 
 impl Grid<'_> {
     /// Area-averages the rectangle, centred in a square of its larger side,
-    /// onto a SIDE × SIDE grid; outside the image is paper.
-    fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> Ink {
+    /// onto an n × n grid; outside the image is paper.
+    fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32, n: usize) -> Ink {
         let side = (x1 - x0).max(y1 - y0).max(1.0);
         let (left, top) = ((x0 + x1 - side) / 2.0, (y0 + y1 - side) / 2.0);
-        if side < SIDE as f32 {
-            Integral::new(self).square_resample(left, top, side)
+        if side < n as f32 {
+            Integral::new(self).square_resample(left, top, side, n)
         } else {
-            self.accumulate(left, top, side)
+            self.accumulate(left, top, side, n)
         }
     }
 
     /// Downsampling in one pass: each pixel adds to the cell its centre falls
     /// in, and each cell is divided by the pixels (real or paper) it covers.
     /// Cheaper than a summed-area table for the common large page.
-    fn accumulate(&self, left: f32, top: f32, side: f32) -> Ink {
-        let scale = SIDE as f32 / side;
+    fn accumulate(&self, left: f32, top: f32, side: f32, n: usize) -> Ink {
+        let scale = n as f32 / side;
         let cell_of = |p: i64, origin: f32| {
             let t = ((p as f32 + 0.5 - origin) * scale).floor();
-            (0.0..SIDE as f32).contains(&t).then_some(t as usize)
+            (0.0..n as f32).contains(&t).then_some(t as usize)
         };
         let span = |origin: f32| (origin.floor() as i64)..((origin + side).ceil() as i64);
         let covered = |origin: f32| {
-            let mut counts = [0u32; SIDE];
+            let mut counts = vec![0u32; n];
             for p in span(origin) {
                 if let Some(t) = cell_of(p, origin) {
                     counts[t] += 1;
@@ -264,11 +273,11 @@ impl Grid<'_> {
         };
         let (columns, rows) = (covered(left), covered(top));
         let column_of: Vec<Option<usize>> = (0..self.w as i64).map(|x| cell_of(x, left)).collect();
-        let mut sums = vec![0u32; SIDE * SIDE];
+        let mut sums = vec![0u32; n * n];
         for y in 0..self.h {
             let Some(ty) = cell_of(y as i64, top) else { continue };
             let row = &self.cells[y * self.w..(y + 1) * self.w];
-            let out = &mut sums[ty * SIDE..(ty + 1) * SIDE];
+            let out = &mut sums[ty * n..(ty + 1) * n];
             for (&d, column) in row.iter().zip(&column_of) {
                 if d != 0
                     && let Some(tx) = column
@@ -281,7 +290,7 @@ impl Grid<'_> {
             .iter()
             .enumerate()
             .map(|(i, &sum)| {
-                let area = columns[i % SIDE] * rows[i / SIDE];
+                let area = columns[i % n] * rows[i / n];
                 if area == 0 {
                     0.0
                 } else {
@@ -289,7 +298,7 @@ impl Grid<'_> {
                 }
             })
             .collect();
-        Ink { side: SIDE, cells }
+        Ink { side: n, cells }
     }
 
     /// Half-open pixel bounds of the ink.
@@ -335,17 +344,17 @@ impl Integral {
 
     /// Upsampling small images: each cell takes the mean of the pixels
     /// under it (at least the one it falls in).
-    fn square_resample(&self, left: f32, top: f32, side: f32) -> Ink {
-        let step = side / SIDE as f32;
-        let mut cells = Vec::with_capacity(SIDE * SIDE);
-        for ty in 0..SIDE {
+    fn square_resample(&self, left: f32, top: f32, side: f32, n: usize) -> Ink {
+        let step = side / n as f32;
+        let mut cells = Vec::with_capacity(n * n);
+        for ty in 0..n {
             let (sy0, sy1) = (top + ty as f32 * step, top + (ty + 1) as f32 * step);
-            for tx in 0..SIDE {
+            for tx in 0..n {
                 let (sx0, sx1) = (left + tx as f32 * step, left + (tx + 1) as f32 * step);
                 cells.push(self.mean(sx0, sy0, sx1, sy1));
             }
         }
-        Ink { side: SIDE, cells }
+        Ink { side: n, cells }
     }
 
     /// Mean darkness over the rectangle, whole pixels; area outside the

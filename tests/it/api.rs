@@ -13,6 +13,7 @@ const MATCH_KEYS: &[&str] = &[
     "match_level",
     "verdict",
     "levels",
+    "transform",
 ];
 const RESULT_KEYS: &[&str] = &[
     "success",

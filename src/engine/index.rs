@@ -1,0 +1,458 @@
+//! A tenant's in-memory index and the search that runs against it, level by
+//! level. The index holds what every search reads (exact-hash maps for L1,
+//! the L2 hash index); what only a few candidates need (L3 thumbnails, L4
+//! drawings) the caller fetches between steps of a [`Search`], so the index
+//! stays small and the engine never does IO.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::fine::Fine;
+use super::l2::{Candidate, HashIndex};
+use super::raster::Orientation;
+use super::verify::{Thumbnail, Verification, verify};
+use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
+
+/// L2 candidates that L3 verifies. Verifying costs microseconds; what
+/// limits this is fetching their thumbnails.
+pub const VERIFY_TOP: usize = 64;
+
+/// One drawing in a tenant's index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub drawing_id: String,
+    pub file_name: String,
+    pub features: Features,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    by_id: HashMap<String, Entry>,
+    by_hash: HashMap<String, Vec<String>>,
+    by_geometry: HashMap<String, Vec<String>>,
+    l2: HashIndex,
+    /// Drawings stored before their L2 features existed.
+    without_ink: usize,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn contains(&self, drawing_id: &str) -> bool {
+        self.by_id.contains_key(drawing_id)
+    }
+
+    pub fn insert(&mut self, entry: Entry) {
+        self.remove(&entry.drawing_id);
+        let id = &entry.drawing_id;
+        self.by_hash
+            .entry(entry.features.file_hash.clone())
+            .or_default()
+            .push(id.clone());
+        if let Some(geometry) = &entry.features.geometry_hash {
+            self.by_geometry.entry(geometry.clone()).or_default().push(id.clone());
+        }
+        match &entry.features.ink {
+            Some(ink) => self.l2.insert(id, ink.hashes()),
+            None => self.without_ink += 1,
+        }
+        self.by_id.insert(id.clone(), entry);
+    }
+
+    pub fn remove(&mut self, drawing_id: &str) -> Option<Entry> {
+        let entry = self.by_id.remove(drawing_id)?;
+        let features = &entry.features;
+        unlist(&mut self.by_hash, &features.file_hash, drawing_id);
+        if let Some(geometry) = &features.geometry_hash {
+            unlist(&mut self.by_geometry, geometry, drawing_id);
+        }
+        if !self.l2.remove(drawing_id) {
+            self.without_ink -= 1;
+        }
+        Some(entry)
+    }
+}
+
+fn unlist(map: &mut HashMap<String, Vec<String>>, key: &str, drawing_id: &str) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.retain(|id| id != drawing_id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// How a library drawing relates to the query.
+#[derive(Debug, Clone)]
+struct Found {
+    drawing_id: String,
+    orientation: Orientation,
+    exact: Option<Exact>,
+    l2: Option<(u32, u32)>,
+    l3: Option<Verification>,
+    l4: Option<Fine>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exact {
+    Bytes,
+    Geometry,
+}
+
+/// What a match says about how the query maps onto the library drawing:
+/// mirror left-right first (if `mirrored`), then turn `rotation` degrees
+/// clockwise, then the query's ink is `scale` times the drawing's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Transform {
+    pub rotation: u16,
+    pub mirrored: bool,
+    /// Absent when one is a DXF and the other a raster (no common unit).
+    pub scale: Option<f64>,
+}
+
+/// One search, run in steps: [`Search::new`] does L1 and L2; the caller
+/// fetches [`Search::wants_thumbnails`] for [`Search::verify`] (L3), then
+/// [`Search::wants_drawings`] for [`Search::refine`] (L4), then calls
+/// [`Search::finish`]. A step with nothing wanted is skipped.
+pub struct Search<'a> {
+    index: &'a Index,
+    query: &'a Fingerprint,
+    probes: &'a [Probe],
+    params: SearchParams,
+    found: Vec<Found>,
+    timing: serde_json::Map<String, serde_json::Value>,
+    level_stats: serde_json::Map<String, serde_json::Value>,
+    final_level: u8,
+}
+
+impl<'a> Search<'a> {
+    pub fn new(index: &'a Index, query: &'a Fingerprint, probes: &'a [Probe], params: &SearchParams) -> Search<'a> {
+        let mut search = Search {
+            index,
+            query,
+            probes,
+            params: params.clone(),
+            found: Vec::new(),
+            timing: serde_json::Map::new(),
+            level_stats: serde_json::Map::new(),
+            final_level: 1,
+        };
+        let started = Instant::now();
+        search.exact();
+        search.time("l1_ms", started);
+        if !probes.is_empty() {
+            let started = Instant::now();
+            search.candidates();
+            search.time("l2_ms", started);
+        }
+        search
+    }
+
+    fn exact(&mut self) {
+        let features = &self.query.features;
+        let by_bytes = self.index.by_hash.get(&features.file_hash).into_iter().flatten();
+        let by_geometry = features
+            .geometry_hash
+            .as_ref()
+            .and_then(|g| self.index.by_geometry.get(g))
+            .into_iter()
+            .flatten();
+        for (id, kind) in by_bytes
+            .map(|id| (id, Exact::Bytes))
+            .chain(by_geometry.map(|id| (id, Exact::Geometry)))
+        {
+            if !self.found.iter().any(|f| &f.drawing_id == id) {
+                self.found.push(Found {
+                    drawing_id: id.clone(),
+                    orientation: Orientation::IDENTITY,
+                    exact: Some(kind),
+                    l2: None,
+                    l3: None,
+                    l4: None,
+                });
+            }
+        }
+        self.level_stats.insert(
+            "l1".into(),
+            serde_json::json!({"library_size": self.index.len(), "candidates": self.found.len()}),
+        );
+    }
+
+    fn candidates(&mut self) {
+        let probes: Vec<_> = self.probes.iter().map(|p| (p.orientation, p.hashes)).collect();
+        let k = match self.params.mode {
+            Mode::Fast => self.params.max_results.max(VERIFY_TOP),
+            _ => VERIFY_TOP,
+        };
+        let (shortlist, method) = self.index.l2.shortlist(&probes, k + self.found.len());
+        let fresh: Vec<Candidate> = shortlist
+            .into_iter()
+            .filter(|c| !self.found.iter().any(|f| f.drawing_id == c.drawing_id))
+            .take(k)
+            .collect();
+        self.level_stats.insert(
+            "l2".into(),
+            serde_json::json!({
+                "method": method,
+                "indexed": self.index.l2.len(),
+                "candidates": fresh.len(),
+            }),
+        );
+        self.final_level = 2;
+        self.found.extend(fresh.into_iter().map(|c| Found {
+            drawing_id: c.drawing_id,
+            orientation: c.orientation,
+            exact: None,
+            l2: Some((c.dhash_distance, c.phash_distance)),
+            l3: None,
+            l4: None,
+        }));
+    }
+
+    /// Drawings whose thumbnails L3 needs; empty in `fast` mode.
+    pub fn wants_thumbnails(&self) -> Vec<String> {
+        if self.params.mode == Mode::Fast {
+            return Vec::new();
+        }
+        self.found
+            .iter()
+            .filter(|f| f.l2.is_some())
+            .map(|f| f.drawing_id.clone())
+            .collect()
+    }
+
+    /// L3: each candidate against the query in the orientation L2 found.
+    /// A candidate without a thumbnail keeps its L2 score.
+    pub fn verify(&mut self, thumbnails: &HashMap<String, Thumbnail>) {
+        let started = Instant::now();
+        let mut verified = 0;
+        for found in self.found.iter_mut().filter(|f| f.l2.is_some()) {
+            let probe = self.probes.iter().find(|p| p.orientation == found.orientation);
+            if let (Some(probe), Some(thumbnail)) = (probe, thumbnails.get(&found.drawing_id)) {
+                found.l3 = Some(verify(&probe.thumbnail, thumbnail));
+                verified += 1;
+            }
+        }
+        self.level_stats
+            .insert("l3".into(), serde_json::json!({ "verified": verified }));
+        self.final_level = 3;
+        self.time("l3_ms", started);
+    }
+
+    /// With their orientation: drawings L4 compares in `precise` mode, the
+    /// `precision_top_n` best verified candidates that reach the similar
+    /// threshold (exact duplicates need no finer look).
+    pub fn wants_drawings(&self) -> Vec<(String, Orientation)> {
+        if self.params.mode != Mode::Precise || !self.params.enable_precision {
+            return Vec::new();
+        }
+        let mut verified: Vec<&Found> = self
+            .found
+            .iter()
+            .filter(|f| f.exact.is_none() && similarity(f) >= self.params.similar_threshold)
+            .collect();
+        verified.sort_by(|a, b| similarity(b).total_cmp(&similarity(a)));
+        verified
+            .into_iter()
+            .take(self.params.precision_top_n)
+            .map(|f| (f.drawing_id.clone(), f.orientation))
+            .collect()
+    }
+
+    /// L4 results, by drawing id; the caller measured `elapsed_ms`.
+    pub fn refine(&mut self, fines: HashMap<String, Fine>, elapsed_ms: f64) {
+        let refined = fines.len();
+        for found in &mut self.found {
+            if let Some(fine) = fines.get(&found.drawing_id) {
+                found.l4 = Some(fine.clone());
+            }
+        }
+        self.level_stats
+            .insert("l4".into(), serde_json::json!({ "refined": refined }));
+        self.final_level = 4;
+        self.timing.insert("l4_ms".into(), round_ms(elapsed_ms));
+    }
+
+    /// Adds a step the caller timed (storage reads, say) to `timing`.
+    pub fn add_time(&mut self, name: &str, ms: f64) {
+        self.timing.insert(name.into(), round_ms(ms));
+    }
+
+    /// `fingerprint_ms` is the caller's measured time to read the query.
+    pub fn finish(mut self, fingerprint_ms: f64) -> SearchResult {
+        let params = self.params.clone();
+        let mut matches: Vec<super::Match> = self
+            .found
+            .iter()
+            .map(|f| self.to_match(f))
+            .filter(|m| m.verdict != Verdict::Different)
+            .collect();
+        matches.sort_by(|a, b| {
+            b.similarity
+                .total_cmp(&a.similarity)
+                .then(b.match_level.cmp(&a.match_level))
+                .then_with(|| a.drawing_id.cmp(&b.drawing_id))
+        });
+        matches.truncate(params.max_results);
+        let (duplicates, similar): (Vec<_>, Vec<_>) =
+            matches.into_iter().partition(|m| m.verdict == Verdict::Duplicate);
+        let total_ms = fingerprint_ms + self.timing.values().filter_map(serde_json::Value::as_f64).sum::<f64>();
+        self.timing.insert("fingerprint_ms".into(), round_ms(fingerprint_ms));
+        self.timing.insert("total_ms".into(), round_ms(total_ms));
+        let warnings = self.warnings();
+        SearchResult {
+            success: true,
+            total_matches: duplicates.len() + similar.len(),
+            duplicates,
+            similar,
+            final_level: self.final_level,
+            timing: self.timing,
+            level_stats: serde_json::Value::Object(self.level_stats),
+            warnings,
+            error: None,
+        }
+    }
+
+    fn to_match(&self, found: &Found) -> super::Match {
+        let entry = &self.index.by_id[&found.drawing_id];
+        let similarity = similarity(found);
+        let level = level(found);
+        let mut levels = serde_json::Map::new();
+        if let Some(kind) = found.exact {
+            levels.insert(
+                "l1".into(),
+                serde_json::json!({"exact_bytes": kind == Exact::Bytes, "same_geometry": kind == Exact::Geometry, "similarity": 1.0}),
+            );
+        }
+        if let Some((d, p)) = found.l2 {
+            levels.insert(
+                "l2".into(),
+                serde_json::json!({"dhash_distance": d, "phash_distance": p, "similarity": round(l2_similarity(d, p))}),
+            );
+        }
+        if let Some(v) = &found.l3 {
+            levels.insert(
+                "l3".into(),
+                serde_json::json!({
+                    "query_covered": round(v.query_covered),
+                    "candidate_covered": round(v.candidate_covered),
+                    "similarity": round(v.similarity),
+                }),
+            );
+        }
+        if let Some(fine) = &found.l4 {
+            levels.insert(
+                "l4".into(),
+                serde_json::json!({
+                    "query_covered": round(fine.query_covered),
+                    "candidate_covered": round(fine.candidate_covered),
+                    "similarity": round(fine.similarity),
+                }),
+            );
+        }
+        super::Match {
+            drawing_id: entry.drawing_id.clone(),
+            file_hash: entry.features.file_hash.clone(),
+            file_name: entry.file_name.clone(),
+            similarity: round(similarity),
+            confidence: round(confidence(level, similarity)),
+            match_level: level,
+            verdict: verdict(similarity, &self.params),
+            levels: serde_json::Value::Object(levels),
+            transform: Some(self.transform(found, &entry.features)),
+            diff_regions: found.l4.as_ref().map(|f| f.diff_regions.clone()),
+        }
+    }
+
+    fn transform(&self, found: &Found, drawing: &Features) -> Transform {
+        let query = &self.query.features;
+        let same_kind = query.geometry_hash.is_some() == drawing.geometry_hash.is_some();
+        let scale = match (&query.ink, &drawing.ink) {
+            (Some(q), Some(d)) if same_kind && d.extent > 0.0 => Some(round(q.extent / d.extent)),
+            _ if found.exact == Some(Exact::Bytes) => Some(1.0),
+            _ => None,
+        };
+        Transform {
+            rotation: found.orientation.rotation_degrees(),
+            mirrored: found.orientation.mirrored,
+            scale,
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.probes.is_empty() {
+            warnings.push("the drawing has no ink; only exact duplicates were searched".into());
+        }
+        if self.index.without_ink > 0 {
+            warnings.push(format!(
+                "{} library drawings were stored before near-duplicate features existed and match exactly only; \
+                 POST /2d/index/rebuild computes them",
+                self.index.without_ink
+            ));
+        }
+        warnings
+    }
+
+    fn time(&mut self, name: &str, started: Instant) {
+        self.add_time(name, started.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+/// The similarity of the highest level that looked at this drawing.
+fn similarity(found: &Found) -> f64 {
+    if found.exact.is_some() {
+        1.0
+    } else if let Some(fine) = &found.l4 {
+        fine.similarity
+    } else if let Some(v) = &found.l3 {
+        v.similarity
+    } else {
+        found.l2.map_or(0.0, |(d, p)| l2_similarity(d, p))
+    }
+}
+
+fn level(found: &Found) -> u8 {
+    match found {
+        Found { exact: Some(_), .. } => 1,
+        Found { l4: Some(_), .. } => 4,
+        Found { l3: Some(_), .. } => 3,
+        _ => 2,
+    }
+}
+
+/// Hash distances as a similarity, so `fast` mode shares the thresholds:
+/// dHash ≤ 5 or pHash ≤ 45 (the pair that keeps distinct drawings' false
+/// positives at 0.1%, per `dedup2d calibrate`) reaches 0.95; twice those
+/// distances reach 0.80.
+pub fn l2_similarity(dhash_distance: u32, phash_distance: u32) -> f64 {
+    let of = |distance: u32, at_095: f64| 1.0 - 0.05 * (f64::from(distance) / at_095).powi(2);
+    of(dhash_distance, 5.0).max(of(phash_distance, 45.0)).clamp(0.0, 1.0)
+}
+
+/// How far a similarity can be trusted: exact and geometric comparisons
+/// fully, raster verification a little less, hashes least.
+fn confidence(level: u8, similarity: f64) -> f64 {
+    let weight = match level {
+        1 | 4 => 1.0,
+        3 => 0.95,
+        _ => 0.8,
+    };
+    weight * similarity
+}
+
+fn round(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
+fn round_ms(ms: f64) -> serde_json::Value {
+    serde_json::json!((ms * 1000.0).round() / 1000.0)
+}

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Sources};
+use crate::engine::{Mode, SearchParams};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,27 +37,25 @@ pub enum Command {
     MigratePayloads(PendingArgs),
     /// Print the effective configuration, each value with its source.
     Config(ServeArgs),
-    /// Measure how far the L2 hashes put duplicates and distinct drawings apart, per transform.
+    /// Measure the precision and recall of the engine's verdicts, per transform and threshold.
     #[command(long_about = CALIBRATE_ABOUT)]
     Calibrate(CalibrateArgs),
 }
 
 const CALIBRATE_ABOUT: &str = "\
-Measure how well the L2 features (trimmed dHash-256 and pHash-256, page dHash-256) separate
-duplicates from distinct drawings, per transform, so thresholds can be chosen from data.
+Measure how often the engine's verdicts are right, so thresholds can be chosen from data.
 
-This version reports Hamming-distance statistics, not the duplicate/similar precision of engine
-verdicts: the engine does not yet turn distances into `similarity` verdicts (that comes with L3).
-For each hash, and for the rule `dHash <= T_d OR pHash <= T_p`, it picks the largest threshold
-whose false-positive rate over random pairs of distinct library drawings is at most --target-fpr
-(the query's 8 orientations probed, as the engine searches), and reports the recall of each
-transform at that threshold. Files whose renders are pixel-identical count as duplicates, and so
-do files that are the same picture turned or mirrored (orientation twins) unless --twins-distinct.
+The library folder is read and indexed as the service does. Each query runs a real search (mode
+--mode, default balanced) and every match is judged: right when it is the query's source, a file
+whose render is pixel-identical to it, or the source turned or mirrored (unless --twins-distinct).
+Prints duplicate and similar precision and recall, per transform and per threshold, and the
+lowest thresholds that reach --target-precision (duplicates) and --target-similar-precision.
 
 Queries: --generate turns each library drawing's render into resize 1/2 and 1/4, JPEG q75 and
-q30, lines x3, 20% padding, rotation 90/180/270 and mirror; --queries DIR --truth FILE.csv
-(rows `query,expected`, names relative to the two folders; an empty `expected` must match
-nothing) measures given files. Progress goes to stderr.";
+q30, lines x3, 20% padding, rotation 90/180/270 and mirror (must stay duplicates), plus an added
+text label and a 3% crop (must stay duplicate or similar); --queries DIR --truth FILE.csv (rows
+`query,expected`, names relative to the two folders; an empty `expected` must match nothing)
+measures given files. Progress goes to stderr.";
 
 /// `dedup2d calibrate`: see [`crate::calibrate`].
 #[derive(Debug, Args)]
@@ -73,28 +72,31 @@ pub struct CalibrateArgs {
     /// CSV of `query,expected` rows for --queries.
     #[arg(long, value_name = "FILE.csv", requires = "queries")]
     pub truth: Option<PathBuf>,
-    /// Canvas side in pixels for rendering DXF (1-px lines).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(8..=8192))]
-    pub size: u32,
     /// Use only the first N library files, by name.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Largest false-positive rate over distinct library pairs a threshold may have.
-    #[arg(long, default_value_t = 0.001, value_name = "RATE")]
-    pub target_fpr: f64,
-    /// Distinct library pairs to sample (all of them when there are fewer).
-    #[arg(long, default_value_t = 200_000, value_name = "N")]
-    pub pairs: usize,
-    /// Seed of the pair sample.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    /// Search mode of the queries.
+    #[arg(long, default_value = "balanced", value_parser = ["fast", "balanced", "precise"])]
+    pub mode: String,
+    /// Similarity at or above which a match is a duplicate.
+    #[arg(long, default_value_t = 0.95, value_name = "T")]
+    pub duplicate_threshold: f64,
+    /// Similarity at or above which a match is similar.
+    #[arg(long, default_value_t = 0.80, value_name = "T")]
+    pub similar_threshold: f64,
+    /// Precision the recommended duplicate threshold must reach.
+    #[arg(long, default_value_t = 0.99, value_name = "P")]
+    pub target_precision: f64,
+    /// Precision the recommended similar threshold must reach.
+    #[arg(long, default_value_t = 0.90, value_name = "P")]
+    pub target_similar_precision: f64,
     /// Worker threads (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Count library pairs that are the same picture turned or mirrored as distinct drawings (default: duplicates).
+    /// Count a match that is the query's source turned or mirrored (another file) as wrong (default: right).
     #[arg(long)]
     pub twins_distinct: bool,
 }
@@ -106,11 +108,19 @@ impl CalibrateArgs {
             library: self.library.clone(),
             generate: self.generate,
             queries: self.queries.clone().zip(self.truth.clone()),
-            size: self.size,
             limit: self.limit,
-            target_fpr: self.target_fpr,
-            pairs: self.pairs,
-            seed: self.seed,
+            params: SearchParams {
+                mode: match self.mode.as_str() {
+                    "fast" => Mode::Fast,
+                    "precise" => Mode::Precise,
+                    _ => Mode::Balanced,
+                },
+                duplicate_threshold: self.duplicate_threshold,
+                similar_threshold: self.similar_threshold,
+                ..SearchParams::default()
+            },
+            target_precision: self.target_precision,
+            target_similar_precision: self.target_similar_precision,
             threads: self.threads.unwrap_or(defaults.threads).max(1),
             progress: true,
             twins_distinct: self.twins_distinct,

@@ -88,7 +88,8 @@ impl Default for Limits {
 }
 
 impl Limits {
-    fn render_options(&self, size: u32) -> RenderOptions {
+    /// The renderer's options at `size` within these limits.
+    pub fn render_options(&self, size: u32) -> RenderOptions {
         RenderOptions {
             size,
             max_entities: self.max_entities,
@@ -276,23 +277,50 @@ pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Fingerprint, EngineEr
         }
         format => (decode(bytes, format, limits)?, 1.0),
     };
-    let prepared = raster::prepare(&image);
-    let thumbnail = prepared.as_ref().map(|p| Thumbnail::from_ink(&p.trimmed));
-    features.ink = prepared.as_ref().map(|p| {
-        let trimmed = p.trimmed.hashes();
-        InkFeatures {
-            dhash: trimmed.dhash,
-            phash: trimmed.phash,
-            page_dhash: p.page.hashes().dhash,
-            aspect: p.ink_aspect,
-            extent: f64::from(p.ink_extent) * extent_scale,
-        }
-    });
+    let (ink, thumbnail, trimmed) = ink_features(&image, extent_scale);
+    features.ink = ink;
     Ok(Fingerprint {
         features,
         thumbnail,
-        trimmed: prepared.map(|p| p.trimmed),
+        trimmed,
     })
+}
+
+/// A query made from pixels rather than a file (calibration's generated
+/// queries); `label` stands in for the sha256 of the bytes.
+pub fn query_image(image: &DynamicImage, label: &str) -> Query {
+    let (ink, thumbnail, trimmed) = ink_features(image, 1.0);
+    let fingerprint = Fingerprint {
+        features: Features {
+            file_hash: label.to_string(),
+            format: Format::Png,
+            width: Some(image.width()),
+            height: Some(image.height()),
+            geometry_hash: None,
+            ink,
+        },
+        thumbnail,
+        trimmed,
+    };
+    let probes = fingerprint.probes();
+    Query { fingerprint, probes }
+}
+
+/// `extent_scale` converts pixels of this image into the drawing's units.
+fn ink_features(image: &DynamicImage, extent_scale: f64) -> (Option<InkFeatures>, Option<Thumbnail>, Option<Ink>) {
+    let Some(prepared) = raster::prepare(image) else {
+        return (None, None, None);
+    };
+    let trimmed = prepared.trimmed.hashes();
+    let ink = InkFeatures {
+        dhash: trimmed.dhash,
+        phash: trimmed.phash,
+        page_dhash: prepared.page.hashes().dhash,
+        aspect: prepared.ink_aspect,
+        extent: f64::from(prepared.ink_extent) * extent_scale,
+    };
+    let thumbnail = Thumbnail::from_ink(&prepared.trimmed);
+    (Some(ink), Some(thumbnail), Some(prepared.trimmed))
 }
 
 fn render_error(e: render::RenderError) -> EngineError {

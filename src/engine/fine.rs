@@ -66,11 +66,16 @@ pub fn detail(bytes: &[u8], limits: Limits) -> Result<Option<Detail>, EngineErro
         }
         format => super::decode(bytes, format, limits)?,
     };
-    Ok(raster::prepare_at(&image, FINE).map(|p| Detail {
+    Ok(detail_of_image(&image))
+}
+
+/// [`detail`] of pixels already decoded.
+pub fn detail_of_image(image: &DynamicImage) -> Option<Detail> {
+    raster::prepare_at(image, FINE).map(|p| Detail {
         ink: (0..FINE * FINE)
             .map(|i| p.trimmed.at(i % FINE, i / FINE) >= INK_CELL)
             .collect(),
-    }))
+    })
 }
 
 impl Detail {

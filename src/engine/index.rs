@@ -456,3 +456,203 @@ fn round(v: f64) -> f64 {
 fn round_ms(ms: f64) -> serde_json::Value {
     serde_json::json!((ms * 1000.0).round() / 1000.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use image::{DynamicImage, GrayImage, Luma, imageops};
+
+    use super::*;
+    use crate::engine::{Limits, Query, fingerprint, query, query_image};
+
+    /// A random line drawing: a frame, and strokes placed by the seed.
+    fn drawing(seed: u64, size: u32) -> GrayImage {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 1000) as f64 / 1000.0
+        };
+        let mut image = GrayImage::from_pixel(size, size * 3 / 4, Luma([255]));
+        let (w, h) = (f64::from(image.width()), f64::from(image.height()));
+        let mut stroke = |x0: f64, y0: f64, x1: f64, y1: f64| {
+            let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * w).ceil().max(1.0) as u32;
+            for i in 0..=steps {
+                let t = f64::from(i) / f64::from(steps);
+                let (x, y) = ((x0 + (x1 - x0) * t) * (w - 1.0), (y0 + (y1 - y0) * t) * (h - 1.0));
+                image.put_pixel(x as u32, y as u32, Luma([0]));
+            }
+        };
+        for (a, b, c, d) in [
+            (0.1, 0.1, 0.9, 0.1),
+            (0.9, 0.1, 0.9, 0.9),
+            (0.9, 0.9, 0.1, 0.9),
+            (0.1, 0.9, 0.1, 0.1),
+        ] {
+            stroke(a, b, c, d);
+        }
+        for _ in 0..8 {
+            let (x0, y0, x1, y1) = (next(), next(), next(), next());
+            stroke(0.1 + 0.8 * x0, 0.1 + 0.8 * y0, 0.1 + 0.8 * x1, 0.1 + 0.8 * y1);
+        }
+        image
+    }
+
+    fn png(image: &GrayImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    struct Library {
+        index: Index,
+        thumbnails: HashMap<String, Thumbnail>,
+    }
+
+    impl Library {
+        fn new(files: &[(&str, Vec<u8>)]) -> Library {
+            let mut library = Library {
+                index: Index::default(),
+                thumbnails: HashMap::new(),
+            };
+            for (id, bytes) in files {
+                let fingerprint = fingerprint(bytes, Limits::default()).unwrap();
+                if let Some(t) = fingerprint.thumbnail {
+                    library.thumbnails.insert(id.to_string(), t);
+                }
+                library.index.insert(Entry {
+                    drawing_id: id.to_string(),
+                    file_name: format!("{id}.file"),
+                    features: fingerprint.features,
+                });
+            }
+            library
+        }
+
+        fn search(&self, query: &Query, mode: Mode) -> SearchResult {
+            let params = SearchParams {
+                mode,
+                ..SearchParams::default()
+            };
+            let mut search = Search::new(&self.index, &query.fingerprint, &query.probes, &params);
+            if !search.wants_thumbnails().is_empty() {
+                search.verify(&self.thumbnails);
+            }
+            search.finish(0.0)
+        }
+    }
+
+    fn ids(result: &SearchResult) -> Vec<&str> {
+        result.duplicates.iter().map(|m| m.drawing_id.as_str()).collect()
+    }
+
+    fn library_of_drawings() -> Library {
+        let files: Vec<(String, Vec<u8>)> = (1..=6).map(|s| (format!("d{s}"), png(&drawing(s, 600)))).collect();
+        let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(id, b)| (id.as_str(), b.clone())).collect();
+        Library::new(&refs)
+    }
+
+    #[test]
+    fn identical_bytes_are_an_l1_duplicate() {
+        let library = library_of_drawings();
+        let result = library.search(
+            &query(&png(&drawing(3, 600)), Limits::default()).unwrap(),
+            Mode::Balanced,
+        );
+        assert_eq!(ids(&result), ["d3"]);
+        let found = &result.duplicates[0];
+        assert_eq!(
+            (found.match_level, found.similarity, found.verdict),
+            (1, 1.0, Verdict::Duplicate)
+        );
+        assert_eq!(found.levels["l1"]["exact_bytes"], true);
+        assert_eq!(result.level_stats["l2"]["method"], "scan");
+    }
+
+    #[test]
+    fn the_same_geometry_in_another_dxf_file_is_an_l1_duplicate() {
+        let dxf = |comment: &str| {
+            format!(
+                "999\n{comment}\n0\nSECTION\n2\nENTITIES\n0\nLINE\n8\n0\n10\n0\n20\n0\n11\n10\n21\n5\n0\nCIRCLE\n8\nA\n10\n3\n20\n2\n40\n1\n0\nENDSEC\n0\nEOF\n"
+            )
+        };
+        let library = Library::new(&[("a", dxf("one").into_bytes())]);
+        let result = library.search(&query(dxf("two").as_bytes(), Limits::default()).unwrap(), Mode::Fast);
+        let found = &result.duplicates[0];
+        assert_eq!((found.drawing_id.as_str(), found.match_level), ("a", 1));
+        assert_eq!(found.levels["l1"]["same_geometry"], true);
+    }
+
+    /// Property: every orientation and rescale of a drawing finds it as a
+    /// duplicate through L2 and L3, with the orientation it was turned by,
+    /// and finds no other drawing.
+    #[test]
+    fn each_orientation_and_rescale_of_a_drawing_finds_it() {
+        let library = library_of_drawings();
+        for seed in [2u64, 5] {
+            let original = drawing(seed, 600);
+            for size in [300u32, 600, 1100] {
+                let scaled = imageops::resize(&original, size, size * 3 / 4, imageops::FilterType::Triangle);
+                for turns in 0..4 {
+                    for mirrored in [false, true] {
+                        let mut image = if mirrored {
+                            imageops::flip_horizontal(&scaled)
+                        } else {
+                            scaled.clone()
+                        };
+                        for _ in 0..turns {
+                            image = imageops::rotate90(&image);
+                        }
+                        let query = query_image(&DynamicImage::ImageLuma8(image), "q");
+                        let result = library.search(&query, Mode::Balanced);
+                        let case = format!("seed {seed} size {size} turns {turns} mirrored {mirrored}");
+                        assert_eq!(ids(&result), [format!("d{seed}")], "{case}: {result:?}");
+                        let found = &result.duplicates[0];
+                        assert_eq!(found.match_level, 3, "{case}");
+                        let transform = found.transform.unwrap();
+                        assert_eq!(transform.mirrored, mirrored, "{case}");
+                        let scale = transform.scale.unwrap();
+                        assert!((scale - f64::from(size) / 600.0).abs() < 0.05, "{case}: scale {scale}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_mode_stops_at_l2_and_unrelated_drawings_are_not_matched() {
+        let library = library_of_drawings();
+        let resized = imageops::resize(&drawing(4, 600), 450, 337, imageops::FilterType::Triangle);
+        let q = query_image(&DynamicImage::ImageLuma8(resized), "q");
+        let fast = library.search(&q, Mode::Fast);
+        assert_eq!(fast.final_level, 2);
+        assert!(fast.duplicates.iter().chain(&fast.similar).all(|m| m.match_level == 2));
+        assert_eq!(fast.duplicates.first().map(|m| m.drawing_id.as_str()), Some("d4"));
+        let stranger = query_image(&DynamicImage::ImageLuma8(drawing(99, 600)), "q");
+        let result = library.search(&stranger, Mode::Balanced);
+        assert!(result.duplicates.is_empty(), "{result:?}");
+        assert_eq!(result.final_level, 3);
+    }
+
+    #[test]
+    fn removed_drawings_are_not_found_and_old_features_are_reported() {
+        let mut library = library_of_drawings();
+        library.index.remove("d2");
+        let q = query(&png(&drawing(2, 600)), Limits::default()).unwrap();
+        assert!(library.search(&q, Mode::Balanced).duplicates.is_empty());
+        let mut old = library.index.by_id["d1"].clone();
+        old.drawing_id = "old".into();
+        old.features.ink = None;
+        library.index.insert(old);
+        let result = library.search(&q, Mode::Fast);
+        assert!(
+            result.warnings[0].contains("1 library drawings"),
+            "{:?}",
+            result.warnings
+        );
+        library.index.remove("old");
+        assert!(library.search(&q, Mode::Fast).warnings.is_empty());
+    }
+}

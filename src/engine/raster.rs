@@ -14,14 +14,20 @@ use image::{DynamicImage, GrayImage, Luma};
 /// Side of the square the ink is resampled to before hashing. Large enough
 /// that area averaging keeps 1-pixel lines of a 1000-pixel drawing visible.
 pub const SIDE: usize = 256;
-/// Luma at or above this is paper; JPEG noise around white stays below it.
-const PAPER: f32 = 225.0;
+/// Bounds of the luma at or above which a pixel is paper (see
+/// `paper_and_ink`); the floor keeps a dark scan from reading as all ink.
+const PAPER_MIN: f32 = 150.0;
+const PAPER_MAX: f32 = 249.0;
+/// Paper ends at least this far below its most common luma.
+const MIN_PAPER_MARGIN: f32 = 6.0;
+/// Pixels this close below the paper's luma count when measuring its noise.
+const NEAR_PAPER: usize = 30;
 /// Luma at or below this is full ink.
 const INK: f32 = 60.0;
 /// A pixel darker than this (of 255, about luma 220) belongs to the ink's
 /// bounding box. Low on purpose: thin or grey lines fade when a drawing is
 /// shrunk, and a box that loses them trims a different drawing. JPEG noise
-/// near white is already paper (see `PAPER`).
+/// near white is already paper (see `paper_and_ink`).
 const BBOX_INK: u8 = 8;
 /// Margin kept around the trimmed ink, as a share of its larger side.
 const MARGIN: f32 = 0.02;
@@ -155,42 +161,71 @@ pub struct Prepared {
 /// keeps the page pass and its summed-area table cheap.
 pub fn darkness(image: &DynamicImage) -> (usize, usize, Vec<u8>) {
     let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut cells = luma_over_white(image);
+    let (paper, ink) = paper_and_ink(&cells);
     let of_luma: Vec<u8> = (0..=255u8)
-        .map(|l| (((PAPER - f32::from(l)) / (PAPER - INK)).clamp(0.0, 1.0) * 255.0).round() as u8)
+        .map(|l| (((paper - f32::from(l)) / (paper - ink)).clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
+    for c in &mut cells {
+        *c = of_luma[usize::from(*c)];
+    }
+    (w, h, cells)
+}
+
+fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
     let luma =
         |r: u8, g: u8, b: u8| ((299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000) as u8;
     let over_white = |l: u8, a: u8| ((u32::from(l) * u32::from(a) + 255 * (255 - u32::from(a)) + 127) / 255) as u8;
     // Matching the common layouts avoids converting a whole page first.
-    let cells = match image {
-        DynamicImage::ImageLuma8(img) => img.as_raw().iter().map(|&l| of_luma[usize::from(l)]).collect(),
-        DynamicImage::ImageLumaA8(img) => img
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| of_luma[usize::from(over_white(p[0], p[1]))])
-            .collect(),
-        DynamicImage::ImageRgb8(img) => img
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| of_luma[usize::from(luma(p[0], p[1], p[2]))])
-            .collect(),
+    match image {
+        DynamicImage::ImageLuma8(img) => img.as_raw().clone(),
+        DynamicImage::ImageLumaA8(img) => img.as_raw().chunks_exact(2).map(|p| over_white(p[0], p[1])).collect(),
+        DynamicImage::ImageRgb8(img) => img.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
         // Most of a drawing is white paper: skip the arithmetic for it.
         DynamicImage::ImageRgba8(img) => img
             .as_raw()
             .chunks_exact(4)
             .map(|p| match p {
-                [255, 255, 255, _] | [_, _, _, 0] => 0,
-                _ => of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))],
+                [255, 255, 255, _] | [_, _, _, 0] => 255,
+                _ => over_white(luma(p[0], p[1], p[2]), p[3]),
             })
             .collect(),
         other => other
             .to_rgba8()
             .as_raw()
             .chunks_exact(4)
-            .map(|p| of_luma[usize::from(over_white(luma(p[0], p[1], p[2]), p[3]))])
+            .map(|p| over_white(luma(p[0], p[1], p[2]), p[3]))
             .collect(),
-    };
-    (w, h, cells)
+    }
+}
+
+/// The luma where paper ends and where full ink starts, from the page
+/// itself: a clean export's paper is 255 and a line greyed to 240 by a
+/// downscale is still ink, while a scan's paper is greyer and noisier and
+/// needs a wider margin. Paper is the most common luma (drawings are
+/// mostly paper); its noise is the median distance of near-paper pixels.
+fn paper_and_ink(luma: &[u8]) -> (f32, f32) {
+    let mut histogram = [0u64; 256];
+    for &l in luma {
+        histogram[usize::from(l)] += 1;
+    }
+    let mode = (0..256).max_by_key(|&l| (histogram[l], l)).unwrap_or(255);
+    let near = mode.saturating_sub(NEAR_PAPER)..256;
+    let total: u64 = near.clone().map(|l| histogram[l]).sum();
+    let mut by_distance = [0u64; 256];
+    for l in near {
+        by_distance[l.abs_diff(mode)] += histogram[l];
+    }
+    let mut seen = 0;
+    let noise = by_distance
+        .iter()
+        .position(|&n| {
+            seen += n;
+            seen * 2 >= total
+        })
+        .unwrap_or(0) as f32;
+    let paper = (mode as f32 - (3.0 * noise).max(MIN_PAPER_MARGIN)).clamp(PAPER_MIN, PAPER_MAX);
+    (paper, INK.min(paper - 60.0))
 }
 
 pub fn prepare(image: &DynamicImage) -> Option<Prepared> {

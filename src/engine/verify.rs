@@ -13,12 +13,18 @@ use super::raster::{Ink, Orientation};
 
 /// Side of a thumbnail: 2 KiB a drawing as a bitmap.
 pub const THUMB: usize = 128;
-/// A cell counts as ink at this mean darkness. Low, so thin lines that the
-/// area average greyed out still count.
-const INK_CELL: f32 = 0.12;
+/// A cell is ink when the darkest grid cell under it reaches this share of
+/// the drawing's typical line darkness: lines greyed by downscaling or
+/// area averaging stay ink, and the same drawing binarises the same way
+/// whether it came as 1-pixel lines at 1000 px or as a quarter-size copy.
+const INK_SHARE: f32 = 0.3;
+/// Bounds of that threshold, in darkness 0..1: paper noise stays below the
+/// floor, and the ceiling keeps bold drawings' thin details.
+const INK_FLOOR: f32 = 0.03;
+const INK_CEILING: f32 = 0.12;
 /// How far (in cells, Chebyshev distance) ink may move and still match:
 /// absorbs re-rendering, line weight and JPEG edges, about 1.5% of the side.
-const TOLERANCE: usize = 2;
+const TOLERANCE: usize = 1;
 
 /// Binarised ink on a THUMB × THUMB grid, one bit per cell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,18 +46,18 @@ pub struct Verification {
 impl Thumbnail {
     pub fn from_ink(ink: &Ink) -> Thumbnail {
         let side = ink.side();
+        let threshold = ink_threshold(ink);
+        let span = |t: usize| (t * side / THUMB, ((t + 1) * side / THUMB).max(t * side / THUMB + 1));
         let mut rows = vec![0u128; THUMB];
         for (ty, row) in rows.iter_mut().enumerate() {
+            let (y0, y1) = span(ty);
             for tx in 0..THUMB {
-                let (x0, x1) = (tx * side / THUMB, ((tx + 1) * side / THUMB).max(tx * side / THUMB + 1));
-                let (y0, y1) = (ty * side / THUMB, ((ty + 1) * side / THUMB).max(ty * side / THUMB + 1));
-                let mut sum = 0.0;
-                for y in y0..y1 {
-                    for x in x0..x1 {
-                        sum += ink.at(x, y);
-                    }
-                }
-                if sum / ((x1 - x0) * (y1 - y0)) as f32 >= INK_CELL {
+                let (x0, x1) = span(tx);
+                let darkest = (y0..y1)
+                    .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                    .map(|(x, y)| ink.at(x, y))
+                    .fold(0.0f32, f32::max);
+                if darkest >= threshold {
                     *row |= 1 << tx;
                 }
             }
@@ -119,6 +125,21 @@ impl Thumbnail {
                 .collect(),
         })
     }
+}
+
+/// INK_SHARE of the 90th percentile of the inked cells' darkness.
+pub(crate) fn ink_threshold(ink: &Ink) -> f32 {
+    let side = ink.side();
+    let mut inked: Vec<f32> = (0..side * side)
+        .map(|i| ink.at(i % side, i / side))
+        .filter(|&d| d > 0.0)
+        .collect();
+    if inked.is_empty() {
+        return INK_CEILING;
+    }
+    let at = (inked.len() * 9 / 10).min(inked.len() - 1);
+    let (_, typical, _) = inked.select_nth_unstable_by(at, f32::total_cmp);
+    (*typical * INK_SHARE).clamp(INK_FLOOR, INK_CEILING)
 }
 
 /// Compares a query (already in the orientation L2 matched) with a candidate.

@@ -34,10 +34,7 @@ use self::twins::InkMap;
 use crate::engine::l2::{HashIndex, MAX_RADIUS};
 use crate::engine::raster::{self, Hash256, Hashes, Orientation, hamming};
 use crate::engine::render::{RenderError, RenderOptions, render_dxf};
-use crate::engine::{self, EngineError, Format, Limits};
-
-/// File name extensions read from the library and query folders.
-pub const EXTENSIONS: &[&str] = &["dxf", "png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"];
+use crate::engine::{self, EXTENSIONS, EngineError, Format, Limits};
 
 /// What `by_transform` calls the queries given with `--queries`.
 pub const GIVEN: &str = "given";

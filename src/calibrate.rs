@@ -35,11 +35,9 @@ use self::twins::InkMap;
 use crate::engine::fine::{self, Detail, Fine};
 use crate::engine::verify::Thumbnail;
 use crate::engine::{
-    self, DXF_RENDER_SIZE, EngineError, Entry, Format, Index, Limits, Query, Search, SearchParams, raster, render,
+    self, DXF_RENDER_SIZE, EXTENSIONS, EngineError, Entry, Format, Index, Limits, Query, Search, SearchParams, raster,
+    render,
 };
-
-/// File name extensions read from the library and query folders.
-pub const EXTENSIONS: &[&str] = &["dxf", "png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"];
 
 /// What `by_transform` calls the queries given with `--queries`.
 pub const GIVEN: &str = "given";

@@ -2,6 +2,7 @@
 //! its `run`. Values become config overrides here; defaults live in `config`.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -40,6 +41,66 @@ pub enum Command {
     /// Measure the precision and recall of the engine's verdicts, per transform and threshold.
     #[command(long_about = CALIBRATE_ABOUT)]
     Calibrate(CalibrateArgs),
+    /// Add a folder of drawings to a tenant's library through a running server's API.
+    #[command(long_about = IMPORT_ABOUT)]
+    Import(ImportArgs),
+}
+
+const IMPORT_ABOUT: &str = "\
+Add a folder of drawings to a tenant's library through a running server's API, several uploads at
+a time, with a progress bar on a terminal.
+
+Files with a drawing extension (dxf, png, jpg, jpeg, tif, tiff, bmp, webp, gif; any case) are
+considered; other files are counted as skipped, hidden files and folders are ignored. A drawing whose
+bytes (sha256) are already in the library, or earlier in the folder, is skipped, so running the
+same import again adds nothing. Uploads the server asks to repeat later (408, 429, 503, honouring
+Retry-After) and refused connections are tried up to 5 times.
+
+The summary (added / skipped / failed, each failure with its reason) goes to stdout. The exit code
+is non-zero when a file failed, the server could not be reached or refused the key, or Ctrl-C
+stopped the run (uploads in flight finish; a second Ctrl-C quits at once).";
+
+/// `dedup2d import`: see [`crate::import`].
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Folder of drawings.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Base URL of a running dedup2d, e.g. http://127.0.0.1:8000 (plain HTTP; the API prefix is added).
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// API key of the tenant whose library receives the drawings (env DEDUP2D_API_KEY; none for a keyless server).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Uploads in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Also import the folder's subfolders (symlinked folders are not followed).
+    #[arg(long)]
+    pub recursive: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Show what would be uploaded; upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl ImportArgs {
+    /// The key comes from the flag, else from the environment map, so the
+    /// process environment is read in `main` only.
+    pub fn options(&self, env: &HashMap<String, String>) -> crate::import::Options {
+        let from_env = env.get("DEDUP2D_API_KEY").filter(|k| !k.is_empty());
+        crate::import::Options {
+            dir: self.dir.clone(),
+            url: self.url.clone(),
+            api_key: self.api_key.clone().or_else(|| from_env.cloned()),
+            parallel: usize::from(self.parallel),
+            recursive: self.recursive,
+            dry_run: self.dry_run,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
 }
 
 const CALIBRATE_ABOUT: &str = "\
@@ -179,6 +240,7 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
         Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
         Command::MigratePayloads(_) => bail!("`dedup2d migrate-payloads` is not built yet: it arrives with issue #5"),
         Command::Calibrate(args) => return crate::calibrate::run(&args.options(), args.json),
+        Command::Import(args) => return import(&args.options(&env), args.json),
     };
     let config = load_config(cli.config, env, &args)?;
     if !serve {
@@ -193,4 +255,24 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
         tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
         crate::serve::run(config, shutdown).await
     })
+}
+
+fn import(options: &crate::import::Options, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(quit_on_second_interrupt(shutdown.clone()));
+        crate::import::command(options, json, shutdown).await
+    })
+}
+
+/// The first Ctrl-C lets uploads in flight finish and prints the partial
+/// summary; a second one means the user will not wait for that.
+async fn quit_on_second_interrupt(shutdown: CancellationToken) {
+    crate::shutdown::on_signal(shutdown).await;
+    eprintln!("dedup2d: stopping; uploads in flight finish (Ctrl-C again to quit now)");
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("dedup2d: interrupted again; quitting without a summary");
+        std::process::exit(130);
+    }
 }

@@ -35,6 +35,11 @@ pub enum EngineError {
 
 pub const ACCEPTED_FORMATS: &str = "DXF (ASCII or binary), PNG, JPEG, TIFF, BMP, WebP, GIF";
 
+/// File name extensions (lower case) of the formats above. `fingerprint`
+/// sniffs bytes and ignores names; this only chooses which files of a
+/// folder the commands offer.
+pub const EXTENSIONS: &[&str] = &["dxf", "png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "gif"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {

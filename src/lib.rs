@@ -9,7 +9,8 @@
 //! - [`jobs`], [`library`] and [`stats`] define the storage seams, which
 //!   [`embedded`] implements on SQLite; [`store`] owns file paths;
 //! - [`runner`] runs async jobs in-process; [`search`] is one search;
-//! - [`calibrate`] measures how well the L2 hashes separate duplicates.
+//! - [`calibrate`] measures how well the L2 hashes separate duplicates;
+//! - [`import`] bulk-adds a folder to a library through the API.
 
 pub mod api;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod engine;
+pub mod import;
 pub mod jobs;
 pub mod library;
 pub mod runner;

@@ -3,6 +3,7 @@
 
 mod api;
 mod errors;
+mod import;
 mod jobs;
 mod process;
 mod support;

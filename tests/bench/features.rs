@@ -1,0 +1,74 @@
+//! Feature extraction speed: `engine::fingerprint` (decode or parse and
+//! render, every level's features, the L3 thumbnail) and `engine::query`
+//! (plus the eight orientation probes), one thread.
+//!
+//! Run with `cargo bench --bench features`. Reads the PNGs of
+//! `../shared/data/librecad-png` and the DXF of `../shared/data/librecad-dxf`
+//! when present; otherwise it says so and measures nothing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use dedup2d::engine::{self, Limits};
+
+fn files(dir: &str, extension: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
+        .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), std::fs::read(&p).ok()?)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Milliseconds per call of `f` on each file: (median, p99, max).
+fn time(files: &[(String, Vec<u8>)], f: impl Fn(&[u8])) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = files
+        .iter()
+        .map(|(_, bytes)| {
+            let started = Instant::now();
+            f(bytes);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+fn report(label: &str, files: &[(String, Vec<u8>)], f: impl Fn(&[u8])) {
+    if files.is_empty() {
+        println!("{label}: no files (../shared/data missing)");
+        return;
+    }
+    time(files, &f); // warm-up: page cache, allocator
+    let (p50, p99, max) = time(files, f);
+    println!(
+        "{label}: {} files, median {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        files.len()
+    );
+}
+
+fn main() {
+    let limits = Limits::default();
+    let pngs = files("../shared/data/librecad-png", "png");
+    let dxfs = files("../shared/data/librecad-dxf", "dxf");
+    let big_dxfs: Vec<_> = dxfs.iter().filter(|(_, b)| b.len() >= 100_000).cloned().collect();
+    report("PNG fingerprint (library add)", &pngs, |b| {
+        let _ = engine::fingerprint(b, limits);
+    });
+    report("PNG query (fingerprint + 8 probes)", &pngs, |b| {
+        let _ = engine::query(b, limits);
+    });
+    report("DXF fingerprint, all", &dxfs, |b| {
+        let _ = engine::fingerprint(b, limits);
+    });
+    report("DXF fingerprint, files >= 100 KB", &big_dxfs, |b| {
+        let _ = engine::fingerprint(b, limits);
+    });
+}

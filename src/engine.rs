@@ -12,6 +12,7 @@ use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
 pub mod fine;
+mod frames;
 pub mod index;
 pub mod l2;
 pub mod raster;
@@ -224,50 +225,97 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<Features, EngineError> {
 pub struct Fingerprint {
     pub features: Features,
     pub thumbnail: Option<Thumbnail>,
-    /// The trimmed ink, kept so a query can be probed in eight orientations.
-    trimmed: Option<Ink>,
+    /// The trimmed ink in each frame a query is probed in (the whole ink box
+    /// first, then [`raster::Alternative`]s), with the share of ink each
+    /// leaves out.
+    frames: Vec<(Ink, f32)>,
 }
 
 impl Fingerprint {
-    /// The query's hashes and thumbnail in each of the eight orientations.
+    /// The query's hashes and thumbnail in each frame and orientation.
     pub fn probes(&self) -> Vec<Probe> {
-        let Some(ink) = &self.trimmed else {
-            return Vec::new();
-        };
-        let thumbnail = Thumbnail::from_ink(ink);
-        Orientation::ALL
+        self.frames
             .iter()
-            .map(|&orientation| Probe {
-                orientation,
-                hashes: ink.oriented(orientation).hashes(),
-                thumbnail: thumbnail.oriented(orientation),
+            .enumerate()
+            .flat_map(|(frame, (ink, dropped))| {
+                let thumbnail = Thumbnail::from_ink(ink);
+                Orientation::ALL.iter().map(move |&orientation| Probe {
+                    frame,
+                    orientation,
+                    hashes: ink.oriented(orientation).hashes(),
+                    thumbnail: thumbnail.oriented(orientation),
+                    dropped: *dropped,
+                })
             })
             .collect()
     }
 }
 
-/// A query: its fingerprint and its eight orientations.
+/// A query: its fingerprint and its probes.
 pub struct Query {
     pub fingerprint: Fingerprint,
     pub probes: Vec<Probe>,
 }
 
+/// Reads a drawing as a query: [`fingerprint`] plus its probes.
 pub fn query(bytes: &[u8], limits: Limits) -> Result<Query, EngineError> {
-    let fingerprint = fingerprint(bytes, limits)?;
-    let probes = fingerprint.probes();
-    Ok(Query { fingerprint, probes })
+    let (mut features, image, extent_scale) = read(bytes, limits)?;
+    Ok(query_of(&mut features, &image, extent_scale))
 }
 
-/// One orientation of a query.
+/// A query made from pixels rather than a file (calibration's generated
+/// queries); `label` stands in for the sha256 of the bytes.
+pub fn query_image(image: &DynamicImage, label: &str) -> Query {
+    let mut features = Features {
+        file_hash: label.to_string(),
+        format: Format::Png,
+        width: Some(image.width()),
+        height: Some(image.height()),
+        geometry_hash: None,
+        ink: None,
+    };
+    query_of(&mut features, image, 1.0)
+}
+
+fn query_of(features: &mut Features, image: &DynamicImage, extent_scale: f64) -> Query {
+    let (ink, thumbnail, frames) = ink_features(image, extent_scale, true);
+    features.ink = ink;
+    let fingerprint = Fingerprint {
+        features: features.clone(),
+        thumbnail,
+        frames,
+    };
+    let probes = fingerprint.probes();
+    Query { fingerprint, probes }
+}
+
+/// One orientation of one frame of a query.
 pub struct Probe {
+    /// 0 for the whole ink box.
+    pub frame: usize,
     pub orientation: Orientation,
     pub hashes: Hashes,
     pub thumbnail: Thumbnail,
+    /// Share of the query's ink this frame leaves out.
+    pub dropped: f32,
 }
 
 /// Reads the whole drawing: decodes rasters, parses and renders DXF, and
 /// computes every level's features.
 pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Fingerprint, EngineError> {
+    let (mut features, image, extent_scale) = read(bytes, limits)?;
+    let (ink, thumbnail, frames) = ink_features(&image, extent_scale, false);
+    features.ink = ink;
+    Ok(Fingerprint {
+        features,
+        thumbnail,
+        frames,
+    })
+}
+
+/// The drawing as pixels, with its L1 features and the drawing units per
+/// pixel (1 for rasters).
+fn read(bytes: &[u8], limits: Limits) -> Result<(Features, DynamicImage, f64), EngineError> {
     let mut features = inspect(bytes, limits)?;
     let (image, extent_scale) = match features.format {
         Format::DxfAscii | Format::DxfBinary => {
@@ -276,45 +324,28 @@ pub fn fingerprint(bytes: &[u8], limits: Limits) -> Result<Fingerprint, EngineEr
             features.geometry_hash = Some(geometry.canonical_hash());
             let (x0, y0, x1, y1) = geometry.extents();
             let image = geometry.render(&options).map_err(render_error)?;
-            // Drawing units per rendered pixel, so `extent` is in units.
             let inner = f64::from(DXF_RENDER_SIZE) * (1.0 - 2.0 * options.margin);
             (DynamicImage::ImageLuma8(image), (x1 - x0).max(y1 - y0) / inner)
         }
         format => (decode(bytes, format, limits)?, 1.0),
     };
-    let (ink, thumbnail, trimmed) = ink_features(&image, extent_scale);
-    features.ink = ink;
-    Ok(Fingerprint {
-        features,
-        thumbnail,
-        trimmed,
-    })
+    Ok((features, image, extent_scale))
 }
 
-/// A query made from pixels rather than a file (calibration's generated
-/// queries); `label` stands in for the sha256 of the bytes.
-pub fn query_image(image: &DynamicImage, label: &str) -> Query {
-    let (ink, thumbnail, trimmed) = ink_features(image, 1.0);
-    let fingerprint = Fingerprint {
-        features: Features {
-            file_hash: label.to_string(),
-            format: Format::Png,
-            width: Some(image.width()),
-            height: Some(image.height()),
-            geometry_hash: None,
-            ink,
-        },
-        thumbnail,
-        trimmed,
+/// `extent_scale` converts pixels of this image into the drawing's units;
+/// `with_frames` adds a query's other frames.
+fn ink_features(
+    image: &DynamicImage,
+    extent_scale: f64,
+    with_frames: bool,
+) -> (Option<InkFeatures>, Option<Thumbnail>, Vec<(Ink, f32)>) {
+    let prepared = if with_frames {
+        raster::prepare_query(image)
+    } else {
+        raster::prepare(image).map(|p| (p, Vec::new()))
     };
-    let probes = fingerprint.probes();
-    Query { fingerprint, probes }
-}
-
-/// `extent_scale` converts pixels of this image into the drawing's units.
-fn ink_features(image: &DynamicImage, extent_scale: f64) -> (Option<InkFeatures>, Option<Thumbnail>, Option<Ink>) {
-    let Some(prepared) = raster::prepare(image) else {
-        return (None, None, None);
+    let Some((prepared, alternatives)) = prepared else {
+        return (None, None, Vec::new());
     };
     let trimmed = prepared.trimmed.hashes();
     let ink = InkFeatures {
@@ -325,7 +356,10 @@ fn ink_features(image: &DynamicImage, extent_scale: f64) -> (Option<InkFeatures>
         extent: f64::from(prepared.ink_extent) * extent_scale,
     };
     let thumbnail = Thumbnail::from_ink(&prepared.trimmed);
-    (Some(ink), Some(thumbnail), Some(prepared.trimmed))
+    let frames = std::iter::once((prepared.trimmed, 0.0))
+        .chain(alternatives.into_iter().map(|a| (a.trimmed, a.dropped)))
+        .collect();
+    (Some(ink), Some(thumbnail), frames)
 }
 
 fn render_error(e: render::RenderError) -> EngineError {

@@ -136,7 +136,7 @@ pub fn compare(query: &Detail, candidate: &Detail, orientation: Orientation) -> 
     Fine {
         query_covered,
         candidate_covered,
-        similarity: query_covered.min(candidate_covered),
+        similarity: super::verify::similarity_of_coverage(query_covered.min(candidate_covered)),
         diff_regions,
     }
 }

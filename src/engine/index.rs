@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::fine::Fine;
-use super::l2::{Candidate, HashIndex};
+use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
 use super::verify::{Thumbnail, Verification, verify};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
@@ -187,17 +187,34 @@ impl<'a> Search<'a> {
     }
 
     fn candidates(&mut self) {
-        let probes: Vec<_> = self.probes.iter().map(|p| (p.orientation, p.hashes)).collect();
         let k = match self.params.mode {
             Mode::Fast => self.params.max_results.max(VERIFY_TOP),
             _ => VERIFY_TOP,
         };
-        let (shortlist, method) = self.index.l2.shortlist(&probes, k + self.found.len());
-        let fresh: Vec<Candidate> = shortlist
-            .into_iter()
-            .filter(|c| !self.found.iter().any(|f| f.drawing_id == c.drawing_id))
-            .take(k)
-            .collect();
+        let mut method = "scan";
+        let mut all: Vec<Candidate> = Vec::new();
+        let frames = self.probes.iter().map(|p| p.frame).max().map_or(0, |f| f + 1);
+        for frame in 0..frames {
+            let probes: Vec<_> = self
+                .probes
+                .iter()
+                .filter(|p| p.frame == frame)
+                .map(|p| (p.orientation, p.hashes))
+                .collect();
+            let (shortlist, used) = self.index.l2.shortlist(&probes, k + self.found.len());
+            method = used;
+            all.extend(shortlist);
+        }
+        // Each drawing once, through the frame that ranks it closest.
+        all.sort_by_key(|c| (rank(c.dhash_distance, c.phash_distance), c.dhash_distance));
+        let mut fresh: Vec<Candidate> = Vec::new();
+        for c in all {
+            let known = self.found.iter().any(|f| f.drawing_id == c.drawing_id)
+                || fresh.iter().any(|f| f.drawing_id == c.drawing_id);
+            if !known && fresh.len() < k {
+                fresh.push(c);
+            }
+        }
         self.level_stats.insert(
             "l2".into(),
             serde_json::json!({
@@ -229,17 +246,23 @@ impl<'a> Search<'a> {
             .collect()
     }
 
-    /// L3: each candidate against the query in the orientation L2 found.
-    /// A candidate without a thumbnail keeps its L2 score.
+    /// L3: each candidate against the query in the orientation L2 found,
+    /// through whichever of the query's frames explains it best. A
+    /// candidate without a thumbnail keeps its L2 score.
     pub fn verify(&mut self, thumbnails: &HashMap<String, Thumbnail>) {
         let started = Instant::now();
         let mut verified = 0;
         for found in self.found.iter_mut().filter(|f| f.l2.is_some()) {
-            let probe = self.probes.iter().find(|p| p.orientation == found.orientation);
-            if let (Some(probe), Some(thumbnail)) = (probe, thumbnails.get(&found.drawing_id)) {
-                found.l3 = Some(verify(&probe.thumbnail, thumbnail));
-                verified += 1;
-            }
+            let Some(thumbnail) = thumbnails.get(&found.drawing_id) else {
+                continue;
+            };
+            found.l3 = self
+                .probes
+                .iter()
+                .filter(|p| p.orientation == found.orientation)
+                .map(|p| verify(&p.thumbnail, thumbnail, f64::from(p.dropped)))
+                .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
+            verified += 1;
         }
         self.level_stats
             .insert("l3".into(), serde_json::json!({ "verified": verified }));
@@ -634,6 +657,38 @@ mod tests {
         let result = library.search(&stranger, Mode::Balanced);
         assert!(result.duplicates.is_empty(), "{result:?}");
         assert_eq!(result.final_level, 3);
+    }
+
+    #[test]
+    fn a_label_added_beside_a_drawing_leaves_it_similar_or_duplicate() {
+        let library = library_of_drawings();
+        let mut labelled = GrayImage::from_pixel(600, 560, Luma([255]));
+        imageops::replace(&mut labelled, &drawing(3, 600), 0, 0);
+        for x in 300..560 {
+            for y in [520, 530] {
+                labelled.put_pixel(x, y, Luma([0]));
+            }
+        }
+        let q = query_image(&DynamicImage::ImageLuma8(labelled), "q");
+        assert!(
+            q.probes.iter().any(|p| p.frame > 0 && p.dropped > 0.0),
+            "a frame without the label"
+        );
+        let result = library.search(&q, Mode::Balanced);
+        let found: Vec<_> = result
+            .duplicates
+            .iter()
+            .chain(&result.similar)
+            .map(|m| m.drawing_id.as_str())
+            .collect();
+        assert_eq!(found, ["d3"], "{result:?}");
+        assert!(
+            result
+                .duplicates
+                .iter()
+                .chain(&result.similar)
+                .all(|m| m.similarity < 1.0)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ const INK: f32 = 60.0;
 /// bounding box. Low on purpose: thin or grey lines fade when a drawing is
 /// shrunk, and a box that loses them trims a different drawing. JPEG noise
 /// near white is already paper (see `paper_and_ink`).
-const BBOX_INK: u8 = 8;
+pub(crate) const BBOX_INK: u8 = 8;
 /// Margin kept around the trimmed ink, as a share of its larger side.
 const MARGIN: f32 = 0.02;
 
@@ -236,17 +236,58 @@ pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
 pub fn prepare_at(image: &DynamicImage, n: usize) -> Option<Prepared> {
     let (w, h, cells) = darkness(image);
     let grid = Grid { w, h, cells: &cells };
-    let (x0, y0, x1, y1) = grid.ink_bbox()?;
+    prepare_grid(&grid, grid.ink_bbox()?, n)
+}
+
+/// A query's ink in other frames than its whole ink box: each without the
+/// small detached parts at one edge (a label or note added beside the
+/// drawing widens the box and shifts every cell, so only a frame without it
+/// lines up with the library drawing). `dropped` is the share of the ink
+/// left out, which verification counts as unexplained.
+pub struct Alternative {
+    pub trimmed: Ink,
+    pub dropped: f32,
+}
+
+/// [`prepare`] plus the [`Alternative`] frames, for queries.
+pub fn prepare_query(image: &DynamicImage) -> Option<(Prepared, Vec<Alternative>)> {
+    let (w, h, cells) = darkness(image);
+    let grid = Grid { w, h, cells: &cells };
+    let bbox = grid.ink_bbox()?;
+    let prepared = prepare_grid(&grid, bbox, SIDE)?;
+    let alternatives = super::frames::without_edge_parts(w, &cells, bbox)
+        .into_iter()
+        .map(|frame| {
+            // The square around a frame reaches past it, where the left-out
+            // parts are: they must not come back in as ink.
+            let (fx0, fy0, fx1, fy1) = frame.bbox;
+            let inside: Vec<u8> = cells
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    let (x, y) = (i % w, i / w);
+                    if (fx0..fx1).contains(&x) && (fy0..fy1).contains(&y) {
+                        d
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let masked = Grid { w, h, cells: &inside };
+            Alternative {
+                trimmed: masked.trimmed(frame.bbox, SIDE),
+                dropped: frame.dropped,
+            }
+        })
+        .collect();
+    Some((prepared, alternatives))
+}
+
+fn prepare_grid(grid: &Grid<'_>, (x0, y0, x1, y1): (usize, usize, usize, usize), n: usize) -> Option<Prepared> {
+    let (w, h, cells) = (grid.w, grid.h, grid.cells);
     let ink_ratio = cells.iter().map(|&d| u64::from(d)).sum::<u64>() as f32 / 255.0 / (w * h).max(1) as f32;
     let (bw, bh) = ((x1 - x0) as f32, (y1 - y0) as f32);
-    let margin = bw.max(bh) * MARGIN;
-    let trimmed = grid.square_resample(
-        x0 as f32 - margin,
-        y0 as f32 - margin,
-        x1 as f32 + margin,
-        y1 as f32 + margin,
-        n,
-    );
+    let trimmed = grid.trimmed((x0, y0, x1, y1), n);
     let page = grid.square_resample(0.0, 0.0, w as f32, h as f32, n);
     Some(Prepared {
         trimmed,
@@ -275,6 +316,18 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
+    /// The ink box with its margin, resampled.
+    fn trimmed(&self, (x0, y0, x1, y1): (usize, usize, usize, usize), n: usize) -> Ink {
+        let margin = (x1 - x0).max(y1 - y0) as f32 * MARGIN;
+        self.square_resample(
+            x0 as f32 - margin,
+            y0 as f32 - margin,
+            x1 as f32 + margin,
+            y1 as f32 + margin,
+            n,
+        )
+    }
+
     /// Area-averages the rectangle, centred in a square of its larger side,
     /// onto an n × n grid; outside the image is paper.
     fn square_resample(&self, x0: f32, y0: f32, x1: f32, y1: f32, n: usize) -> Ink {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::fine::Fine;
 use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
-use super::verify::{Thumbnail, Verification, verify};
+use super::verify::{Thumbnail, Verification, verify_aligned};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
 
 /// L2 candidates that L3 verifies. Verifying costs microseconds; what
@@ -260,7 +260,7 @@ impl<'a> Search<'a> {
                 .probes
                 .iter()
                 .filter(|p| p.orientation == found.orientation)
-                .map(|p| verify(&p.thumbnail, thumbnail, f64::from(p.dropped)))
+                .map(|p| verify_aligned(&p.thumbnail, thumbnail, f64::from(p.dropped)))
                 .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
             verified += 1;
         }

@@ -79,6 +79,18 @@ impl Thumbnail {
         Thumbnail { rows }
     }
 
+    /// Moved by (dx, dy) cells; what leaves the grid is lost.
+    fn shifted(&self, dx: i32, dy: i32) -> Thumbnail {
+        let mut rows = vec![0u128; THUMB];
+        for (y, row) in self.rows.iter().enumerate() {
+            let ty = y as i32 + dy;
+            if (0..THUMB as i32).contains(&ty) {
+                rows[ty as usize] = if dx >= 0 { row << dx } else { row >> -dx };
+            }
+        }
+        Thumbnail { rows }
+    }
+
     pub fn ink_cells(&self) -> u32 {
         self.rows.iter().map(|r| r.count_ones()).sum()
     }
@@ -165,6 +177,23 @@ pub fn similarity_of_coverage(coverage: f64) -> f64 {
     } else {
         coverage
     }
+}
+
+/// [`verify`] at the best of the query's one-cell shifts: trimming two
+/// copies of a drawing (rescaled, turned) can round their boxes a cell
+/// apart, which the one-cell tolerance then spends on alignment alone.
+pub fn verify_aligned(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
+    let mut best = verify(query, candidate, dropped);
+    for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1), (-1, 1), (1, -1)] {
+        if best.similarity >= 1.0 {
+            break;
+        }
+        let v = verify(&query.shifted(dx, dy), candidate, dropped);
+        if v.similarity > best.similarity {
+            best = v;
+        }
+    }
+    best
 }
 
 /// Compares a query (already in the orientation L2 matched) with a

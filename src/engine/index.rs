@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::fine::Fine;
 use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
-use super::verify::{Thumbnail, Verification, verify_aligned};
+use super::verify::{Thumbnail, Verification, verify, verify_aligned};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
 
 /// L2 candidates that L3 verifies. Verifying costs microseconds; what
@@ -246,9 +246,9 @@ impl<'a> Search<'a> {
             .collect()
     }
 
-    /// L3: each candidate against the query in the orientation L2 found,
-    /// through whichever of the query's frames explains it best. A
-    /// candidate without a thumbnail keeps its L2 score.
+    /// L3: each candidate against the query in whichever orientation and
+    /// frame explains it best. A candidate without a thumbnail keeps its
+    /// L2 score.
     pub fn verify(&mut self, thumbnails: &HashMap<String, Thumbnail>) {
         let started = Instant::now();
         let mut verified = 0;
@@ -256,13 +256,18 @@ impl<'a> Search<'a> {
             let Some(thumbnail) = thumbnails.get(&found.drawing_id) else {
                 continue;
             };
-            found.l3 = self
+            // Every orientation, not only L2's pick: a nearly symmetric
+            // drawing can hash closer turned the wrong way.
+            let best = self
                 .probes
                 .iter()
-                .filter(|p| p.orientation == found.orientation)
-                .map(|p| verify_aligned(&p.thumbnail, thumbnail, f64::from(p.dropped)))
-                .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
-            verified += 1;
+                .map(|p| (p, verify(&p.thumbnail, thumbnail, f64::from(p.dropped))))
+                .max_by(|a, b| a.1.similarity.total_cmp(&b.1.similarity));
+            if let Some((probe, _)) = best {
+                found.orientation = probe.orientation;
+                found.l3 = Some(verify_aligned(&probe.thumbnail, thumbnail, f64::from(probe.dropped)));
+                verified += 1;
+            }
         }
         self.level_stats
             .insert("l3".into(), serde_json::json!({ "verified": verified }));

@@ -349,7 +349,7 @@ fn engine_skip(e: EngineError) -> Skip {
     match e {
         EngineError::Empty => skip("empty file", e),
         EngineError::Unsupported(_) => skip("not a drawing format", e),
-        EngineError::Unreadable(_) => skip("unreadable", e),
+        EngineError::Unreadable(_) | EngineError::InvalidGeometry(_) => skip("unreadable", e),
     }
 }
 

@@ -635,6 +635,7 @@ mod tests {
                 },
                 request_params: SearchParams::default(),
                 callback_url: None,
+                geom_json: None,
             },
         }
     }

@@ -32,6 +32,9 @@ pub enum EngineError {
     Unsupported(String),
     #[error("{0}")]
     Unreadable(String),
+    /// `geom_json` that is not geometry L4 can draw.
+    #[error("geom_json: {0}")]
+    InvalidGeometry(String),
 }
 
 pub const ACCEPTED_FORMATS: &str = "DXF (ASCII or binary), PNG, JPEG, TIFF, BMP, WebP, GIF";

@@ -55,6 +55,10 @@ pub struct Payload {
     pub file_ref: FileRef,
     pub request_params: SearchParams,
     pub callback_url: Option<String>,
+    /// The query's geometry for L4 (see `engine::fine`); absent in
+    /// payloads written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geom_json: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]

@@ -35,6 +35,13 @@ pub struct Drawing {
     pub created_at: f64,
 }
 
+/// What a query came as: the drawing, and optionally its geometry.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub bytes: &'a Bytes,
+    pub geom_json: Option<&'a serde_json::Value>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
     #[error("drawing `{0}` already exists in this library")]
@@ -163,7 +170,7 @@ impl Library {
         &self,
         tenant_id: &str,
         query: &Query,
-        query_bytes: &Bytes,
+        source: Source<'_>,
         params: &SearchParams,
         fingerprint_ms: f64,
         limits: Limits,
@@ -187,23 +194,29 @@ impl Library {
         let wanted = search.wants_drawings();
         if !wanted.is_empty() {
             let started = Instant::now();
-            let fines = self.compare_finely(tenant_id, query_bytes, wanted, limits).await?;
+            let fines = self.compare_finely(tenant_id, source, wanted, limits).await?;
             search.refine(fines, elapsed_ms(started));
         }
         Ok(search.finish(fingerprint_ms))
     }
 
-    /// L4: reads the query and each wanted drawing again at fine
-    /// resolution. A drawing that cannot be read is left at its L3 score.
+    /// L4: reads the query (from its `geom_json` when given) and each
+    /// wanted drawing again at fine resolution. A drawing that cannot be
+    /// read is left at its L3 score.
     async fn compare_finely(
         &self,
         tenant_id: &str,
-        query_bytes: &Bytes,
+        source: Source<'_>,
         wanted: Vec<(String, Orientation)>,
         limits: Limits,
     ) -> Result<HashMap<String, Fine>, LibraryError> {
-        let bytes = query_bytes.clone();
-        let Some(query) = blocking(move || fine::detail(&bytes, limits)).await?.ok().flatten() else {
+        let bytes = source.bytes.clone();
+        let geometry = source.geom_json.cloned();
+        let query = blocking(move || match geometry {
+            Some(json) => fine::detail_of_geom_json(&json, limits),
+            None => fine::detail(&bytes, limits),
+        });
+        let Some(query) = query.await?.ok().flatten() else {
             return Ok(HashMap::new());
         };
         let query = Arc::new(query);

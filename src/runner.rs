@@ -118,7 +118,10 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
         app,
         &payload.tenant_id,
         &query,
-        &bytes,
+        search::Source {
+            bytes: &bytes,
+            geom_json: payload.geom_json.as_ref(),
+        },
         &payload.request_params,
         fingerprint_ms,
     )

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::app::App;
 use crate::engine::{self, EngineError, Query, SearchParams, SearchResult};
 use crate::library::LibraryError;
+pub use crate::library::Source;
 use crate::stats::TenantStats;
 use crate::telemetry as t;
 
@@ -48,14 +49,14 @@ pub async fn run(
     app: &App,
     tenant_id: &str,
     query: &Query,
-    query_bytes: &Bytes,
+    source: Source<'_>,
     params: &SearchParams,
     fingerprint_ms: f64,
 ) -> Result<SearchResult, LibraryError> {
     metrics::counter!(t::SEARCH_MODE_TOTAL, "mode" => params.mode.as_str()).increment(1);
     let result = app
         .library
-        .search(tenant_id, query, query_bytes, params, fingerprint_ms, app.limits)
+        .search(tenant_id, query, source, params, fingerprint_ms, app.limits)
         .await?;
     let delta = TenantStats::processed(!result.duplicates.is_empty());
     if let Err(error) = app.stats.increment(tenant_id, delta).await {

@@ -98,6 +98,9 @@ impl From<EngineError> for ApiError {
             EngineError::Empty => ApiError::new(StatusCode::BAD_REQUEST, "EMPTY_FILE", "the uploaded file is empty"),
             EngineError::Unsupported(m) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_FORMAT", m),
             EngineError::Unreadable(m) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNREADABLE_DRAWING", m),
+            EngineError::InvalidGeometry(m) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "INVALID_GEOM_JSON", format!("geom_json: {m}"))
+            }
         }
     }
 }

@@ -117,7 +117,11 @@ impl Api {
         let forced = self.forced_async_reason(&upload, &params);
         if !wants_async && forced.is_none() {
             let (query, fingerprint_ms) = search::query(&self.app, upload.bytes.clone()).await?;
-            let result = search::run(&self.app, tenant, &query, &upload.bytes, &params, fingerprint_ms).await?;
+            let source = search::Source {
+                bytes: &upload.bytes,
+                geom_json: upload.geom_json.as_ref(),
+            };
+            let result = search::run(&self.app, tenant, &query, source, &params, fingerprint_ms).await?;
             return Ok(json_response(
                 StatusCode::OK,
                 &serde_json::to_value(result).map_err(ApiError::internal)?,
@@ -152,6 +156,7 @@ impl Api {
                 file_ref: file_ref.clone(),
                 request_params: params,
                 callback_url: None,
+                geom_json: upload.geom_json,
             },
         };
         if let Err(e) = self.app.jobs.admit(job, self.app.config.async_max_jobs).await {
@@ -172,7 +177,7 @@ impl Api {
         if size_limit > 0 && upload.bytes.len() as u64 > size_limit {
             return Some(format!("file_size>{}", human_size(size_limit)));
         }
-        if config.forced_async_on_precision && params.enable_precision && upload.has_geom_json {
+        if config.forced_async_on_precision && params.enable_precision && upload.geom_json.is_some() {
             return Some("enable_precision_with_geom_json".into());
         }
         if config.forced_async_on_mode_precise && params.mode == Mode::Precise {

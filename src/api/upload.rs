@@ -24,7 +24,8 @@ pub struct Upload {
     pub file_name: String,
     pub content_type: String,
     pub bytes: Bytes,
-    pub has_geom_json: bool,
+    /// Parsed and checked as geometry L4 can draw.
+    pub geom_json: Option<serde_json::Value>,
     /// Held as long as the bytes are, so the upload budget bounds memory
     /// until the handler is done with them, not just while they arrive.
     _permit: OwnedSemaphorePermit,
@@ -71,7 +72,7 @@ pub async fn read(
     );
     let mut multipart = Multipart::with_constraints(stream, boundary, constraints);
     let mut file: Option<(String, String, Bytes)> = None;
-    let mut has_geom_json = false;
+    let mut geom_json = None;
     let deadline = limits.body_deadline;
     while let Some(mut field) = within(deadline, multipart.next_field())
         .await?
@@ -93,14 +94,15 @@ pub async fn read(
         if name == "file" {
             file = Some((file_name, part_type, bytes.freeze()));
         } else {
-            has_geom_json = true;
-            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "INVALID_GEOM_JSON",
                     format!("`geom_json` is not valid JSON: {e}"),
                 )
             })?;
+            crate::engine::fine::check_geom_json(&json, crate::engine::Limits::default())?;
+            geom_json = Some(json);
         }
     }
     let (file_name, content_type, bytes) = file.ok_or_else(|| {
@@ -114,7 +116,7 @@ pub async fn read(
         file_name,
         content_type,
         bytes,
-        has_geom_json,
+        geom_json,
         _permit: permit,
     })
 }

@@ -55,6 +55,114 @@ pub struct Region {
     pub kind: String,
 }
 
+/// A query's geometry as a caller's CAD system exports it (`geom_json`):
+/// `{"entities": [...]}` or a bare array of
+/// `{"type": "line", "start": [x, y], "end": [x, y]}`,
+/// `{"type": "polyline", "points": [[x, y], ...], "closed": false}`,
+/// `{"type": "circle", "center": [x, y], "radius": r}` and
+/// `{"type": "arc", "center": [x, y], "radius": r, "start_angle": deg, "end_angle": deg}`
+/// (counter-clockwise, degrees). L4 compares it, drawn by our renderer,
+/// instead of the query's pixels: exact geometry beats a raster's.
+pub fn detail_of_geom_json(json: &serde_json::Value, limits: Limits) -> Result<Option<Detail>, EngineError> {
+    let dxf = geom_json_to_dxf(json, limits.max_entities)?;
+    let image = render::render_dxf(dxf.as_bytes(), &limits.render_options(DXF_SIZE)).map_err(super::render_error)?;
+    Ok(detail_of_image(&DynamicImage::ImageLuma8(image)))
+}
+
+/// Checks `geom_json` without drawing it, for the API to refuse at once.
+pub fn check_geom_json(json: &serde_json::Value, limits: Limits) -> Result<(), EngineError> {
+    geom_json_to_dxf(json, limits.max_entities).map(drop)
+}
+
+/// The entities as an R12 ASCII DXF, which our renderer then reads like any
+/// other drawing.
+fn geom_json_to_dxf(json: &serde_json::Value, max_entities: usize) -> Result<String, EngineError> {
+    let invalid = |why: String| EngineError::InvalidGeometry(why);
+    let entities = json
+        .get("entities")
+        .unwrap_or(json)
+        .as_array()
+        .ok_or_else(|| invalid("expected {\"entities\": [...]} or an array of entities".into()))?;
+    if entities.is_empty() {
+        return Err(invalid("there are no entities".into()));
+    }
+    if entities.len() > max_entities {
+        return Err(invalid(format!(
+            "{} entities, more than the limit of {max_entities}",
+            entities.len()
+        )));
+    }
+    let mut dxf = String::from("0\nSECTION\n2\nENTITIES\n");
+    for (i, entity) in entities.iter().enumerate() {
+        let at = |why: &str| invalid(format!("entity {i}: {why}"));
+        let num = |key: &str| {
+            entity
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| at(&format!("`{key}` must be a finite number")))
+        };
+        let point = |value: Option<&serde_json::Value>, key: &str| -> Result<(f64, f64), EngineError> {
+            let xy = value.and_then(serde_json::Value::as_array).filter(|a| a.len() >= 2);
+            let coordinate = |k: usize| xy.and_then(|a| a[k].as_f64()).filter(|v| v.is_finite());
+            match (coordinate(0), coordinate(1)) {
+                (Some(x), Some(y)) => Ok((x, y)),
+                _ => Err(at(&format!("`{key}` must be [x, y] of finite numbers"))),
+            }
+        };
+        let kind = entity
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        match kind.to_ascii_lowercase().as_str() {
+            "line" => {
+                let (a, b) = (point(entity.get("start"), "start")?, point(entity.get("end"), "end")?);
+                dxf += &format!("0\nLINE\n8\n0\n10\n{}\n20\n{}\n11\n{}\n21\n{}\n", a.0, a.1, b.0, b.1);
+            }
+            "circle" | "arc" => {
+                let c = point(entity.get("center"), "center")?;
+                let r = num("radius")?;
+                if r <= 0.0 {
+                    return Err(at("`radius` must be positive"));
+                }
+                if kind.eq_ignore_ascii_case("circle") {
+                    dxf += &format!("0\nCIRCLE\n8\n0\n10\n{}\n20\n{}\n40\n{r}\n", c.0, c.1);
+                } else {
+                    let (a0, a1) = (num("start_angle")?, num("end_angle")?);
+                    dxf += &format!("0\nARC\n8\n0\n10\n{}\n20\n{}\n40\n{r}\n50\n{a0}\n51\n{a1}\n", c.0, c.1);
+                }
+            }
+            "polyline" => {
+                let points = entity
+                    .get("points")
+                    .and_then(serde_json::Value::as_array)
+                    .filter(|p| p.len() >= 2)
+                    .ok_or_else(|| at("`points` must hold at least two [x, y]"))?;
+                let closed = entity
+                    .get("closed")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false);
+                dxf += &format!(
+                    "0\nPOLYLINE\n8\n0\n66\n1\n70\n{}\n10\n0\n20\n0\n30\n0\n",
+                    u8::from(closed)
+                );
+                for p in points {
+                    let (x, y) = point(Some(p), "points")?;
+                    dxf += &format!("0\nVERTEX\n8\n0\n10\n{x}\n20\n{y}\n30\n0\n");
+                }
+                dxf += "0\nSEQEND\n8\n0\n";
+            }
+            other => {
+                return Err(at(&format!(
+                    "unknown type `{other}`; use line, polyline, circle or arc"
+                )));
+            }
+        }
+    }
+    dxf += "0\nENDSEC\n0\nEOF\n";
+    Ok(dxf)
+}
+
 /// Reads a drawing at L4 resolution; `None` for a page without ink.
 pub fn detail(bytes: &[u8], limits: Limits) -> Result<Option<Detail>, EngineError> {
     let features = inspect(bytes, limits)?;
@@ -233,6 +341,51 @@ mod tests {
             region.x0 < 0.8 && region.x1 > 0.76 && region.y0 < 0.19 && region.y1 > 0.12,
             "{region:?}"
         );
+    }
+
+    #[test]
+    fn geom_json_is_drawn_like_the_same_dxf_and_bad_geometry_is_named() {
+        let limits = Limits::default();
+        let json = serde_json::json!({"entities": [
+            {"type": "polyline", "points": [[0, 0], [100, 0], [100, 60], [0, 60]], "closed": true},
+            {"type": "line", "start": [0, 0], "end": [100, 60]},
+            {"type": "circle", "center": [70, 20], "radius": 8},
+            {"type": "arc", "center": [30, 40], "radius": 10, "start_angle": 0, "end_angle": 180},
+        ]});
+        let from_json = detail_of_geom_json(&json, limits).unwrap().unwrap();
+        let dxf = geom_json_to_dxf(&json, 100).unwrap();
+        let from_dxf = detail(dxf.as_bytes(), limits).unwrap().unwrap();
+        assert_eq!(compare(&from_json, &from_dxf, Orientation::IDENTITY).similarity, 1.0);
+        let mut other = json.clone();
+        other["entities"][2]["radius"] = serde_json::json!(20);
+        let changed = compare(
+            &detail_of_geom_json(&other, limits).unwrap().unwrap(),
+            &from_dxf,
+            Orientation::IDENTITY,
+        );
+        assert!(
+            changed.similarity < 0.95 && !changed.diff_regions.is_empty(),
+            "{changed:?}"
+        );
+        for (bad, needle) in [
+            (serde_json::json!({"entities": []}), "no entities"),
+            (serde_json::json!([{"type": "spline"}]), "unknown type `spline`"),
+            (
+                serde_json::json!([{"type": "circle", "center": [0, 0], "radius": -1}]),
+                "entity 0: `radius`",
+            ),
+            (
+                serde_json::json!([{"type": "line", "start": [0], "end": [1, 1]}]),
+                "`start`",
+            ),
+            (serde_json::json!("text"), "expected"),
+        ] {
+            let e = check_geom_json(&bad, limits).unwrap_err();
+            assert!(
+                matches!(&e, EngineError::InvalidGeometry(m) if m.contains(needle)),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -258,11 +258,18 @@ impl<'a> Search<'a> {
             };
             // Every orientation, not only L2's pick: a nearly symmetric
             // drawing can hash closer turned the wrong way.
+            // Ties keep the earlier probe: as is, unturned, whole frame.
             let best = self
                 .probes
                 .iter()
                 .map(|p| (p, verify(&p.thumbnail, thumbnail, f64::from(p.dropped))))
-                .max_by(|a, b| a.1.similarity.total_cmp(&b.1.similarity));
+                .reduce(|best, next| {
+                    if next.1.similarity > best.1.similarity {
+                        next
+                    } else {
+                        best
+                    }
+                });
             if let Some((probe, _)) = best {
                 found.orientation = probe.orientation;
                 found.l3 = Some(verify_aligned(&probe.thumbnail, thumbnail, f64::from(probe.dropped)));

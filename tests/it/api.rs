@@ -219,10 +219,10 @@ async fn expensive_searches_are_forced_async_with_a_reason() {
     let server = TestServer::start(&[]).await;
     let (_, precise) = server.post("/search?mode=precise", Some(form(png(1), "p.png"))).await;
     assert_eq!(precise["forced_async_reason"], "mode=precise", "{precise}");
-    let with_geom = form(png(1), "g.png").text("geom_json", "{\"entities\": []}");
+    let with_geom = form(png(1), "g.png").text("geom_json", GEOM_JSON);
     let (_, geom) = server.post("/search", Some(with_geom)).await;
     assert_eq!(geom["forced_async_reason"], "enable_precision_with_geom_json", "{geom}");
-    let without_precision = form(png(1), "g.png").text("geom_json", "{}");
+    let without_precision = form(png(1), "g.png").text("geom_json", GEOM_JSON);
     let (_, sync) = server
         .post("/search?enable_precision=false", Some(without_precision))
         .await;
@@ -230,6 +230,60 @@ async fn expensive_searches_are_forced_async_with_a_reason() {
     let defaults = TestServer::start(&[]).await;
     let (_, small) = defaults.post("/search", Some(form(png(2), "small.png"))).await;
     assert_eq!(small["success"], true, "a small balanced search stays sync: {small}");
+}
+
+#[tokio::test]
+async fn precise_search_compares_geom_json_and_boxes_what_differs() {
+    let server = TestServer::start(&[
+        ("DEDUP2D_FORCED_ASYNC_ON_MODE_PRECISE", "0"),
+        ("DEDUP2D_FORCED_ASYNC_ON_PRECISION", "0"),
+    ])
+    .await;
+    let id = server.add(bracket_dxf(), "bracket.dxf").await;
+    let query = png_of_dxf(&bracket_dxf());
+    let search = |geometry: Option<serde_json::Value>| {
+        let mut form = form(query.clone(), "scan.png");
+        if let Some(g) = geometry {
+            form = form.text("geom_json", g.to_string());
+        }
+        server.post("/search?mode=precise&similar_threshold=0.5", Some(form))
+    };
+    let (status, same) = search(None).await;
+    assert_eq!(status, 200, "{same}");
+    let found = &same["duplicates"][0];
+    assert_eq!(
+        (found["drawing_id"].as_str(), found["match_level"].as_u64()),
+        (Some(id.as_str()), Some(4)),
+        "{same}"
+    );
+    assert_eq!(same["final_level"], 4);
+    assert_eq!(found["diff_regions"], json!([]), "{found}");
+    assert_eq!(found["transform"]["rotation"], 0);
+
+    let (_, changed) = search(Some(bracket_geometry(true))).await;
+    let found = &changed["similar"][0];
+    assert_eq!(
+        found["drawing_id"],
+        id.as_str(),
+        "the bigger hole makes it similar: {changed}"
+    );
+    assert!(found["levels"]["l4"]["similarity"].as_f64().unwrap() < 0.95, "{found}");
+    let regions = found["diff_regions"].as_array().unwrap();
+    assert!(!regions.is_empty(), "{found}");
+    // The changed hole is on the right of the plate.
+    assert!(regions.iter().all(|r| r["x1"].as_f64().unwrap() > 0.6), "{regions:?}");
+
+    let (status, bad) = server
+        .post(
+            "/search?mode=precise",
+            Some(form(query.clone(), "scan.png").text("geom_json", r#"[{"type": "spline"}]"#)),
+        )
+        .await;
+    assert_eq!(
+        (status, bad["detail"]["error"].as_str()),
+        (400, Some("INVALID_GEOM_JSON")),
+        "{bad}"
+    );
 }
 
 #[tokio::test]

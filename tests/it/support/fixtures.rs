@@ -36,6 +36,46 @@ pub fn png(seed: u32) -> Vec<u8> {
 
 pub const DXF: &str = "0\nSECTION\n2\nENTITIES\n0\nLINE\n8\n0\n10\n0\n20\n0\n11\n10\n21\n5\n0\nENDSEC\n0\nEOF\n";
 
+/// The geometry of [`DXF`] as `geom_json`.
+pub const GEOM_JSON: &str = r#"{"entities": [{"type": "line", "start": [0, 0], "end": [10, 5]}]}"#;
+
+/// A bracket: a plate with two holes, and the same with one hole `bigger`,
+/// as `geom_json` entities.
+pub fn bracket_geometry(bigger: bool) -> serde_json::Value {
+    serde_json::json!({"entities": [
+        {"type": "polyline", "points": [[0, 0], [120, 0], [120, 50], [0, 50]], "closed": true},
+        {"type": "circle", "center": [25, 25], "radius": 10},
+        {"type": "circle", "center": [95, 25], "radius": if bigger { 18 } else { 10 }},
+        {"type": "line", "start": [50, 10], "end": [70, 40]},
+    ]})
+}
+
+/// The bracket as an ASCII DXF.
+pub fn bracket_dxf() -> Vec<u8> {
+    let mut dxf = String::from("0\nSECTION\n2\nENTITIES\n");
+    dxf += "0\nPOLYLINE\n8\n0\n66\n1\n70\n1\n10\n0\n20\n0\n30\n0\n";
+    for (x, y) in [(0, 0), (120, 0), (120, 50), (0, 50)] {
+        dxf += &format!("0\nVERTEX\n8\n0\n10\n{x}\n20\n{y}\n30\n0\n");
+    }
+    dxf += "0\nSEQEND\n8\n0\n";
+    for x in [25, 95] {
+        dxf += &format!("0\nCIRCLE\n8\n0\n10\n{x}\n20\n25\n40\n10\n");
+    }
+    dxf += "0\nLINE\n8\n0\n10\n50\n20\n10\n11\n70\n21\n40\n0\nENDSEC\n0\nEOF\n";
+    dxf.into_bytes()
+}
+
+/// A PNG of a DXF drawn by the engine's renderer.
+pub fn png_of_dxf(dxf: &[u8]) -> Vec<u8> {
+    let options = dedup2d::engine::Limits::default().render_options(800);
+    let image = dedup2d::engine::render::render_dxf(dxf, &options).expect("render");
+    let mut out = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode png");
+    out
+}
+
 pub fn form(bytes: Vec<u8>, name: &str) -> Form {
     Form::new().part("file", Part::bytes(bytes).file_name(name.to_string()))
 }

@@ -18,8 +18,11 @@ use super::{EngineError, Format, Limits, inspect, render};
 pub const FINE: usize = 512;
 /// DXF is rendered at this side before trimming to FINE.
 const DXF_SIZE: u32 = 2048;
-const INK_CELL: f32 = 0.12;
-const TOLERANCE: usize = 2;
+const TOLERANCE: usize = 3;
+/// A drawing read from fewer pixels than the grid has cells is compared no
+/// finer than this many of its own pixels: a quarter-size copy cannot place
+/// a line better than its pixels allow.
+const TOLERANCE_PIXELS: f32 = 1.5;
 /// Difference boxes are found on a coarse grid of this side, so one
 /// changed label is one box, not a hundred.
 const REGION_GRID: usize = 32;
@@ -31,6 +34,8 @@ const MAX_REGIONS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detail {
     ink: Vec<bool>,
+    /// In cells: TOLERANCE, or TOLERANCE_PIXELS of the source if coarser.
+    tolerance: usize,
 }
 
 /// What L4 found.
@@ -179,10 +184,16 @@ pub fn detail(bytes: &[u8], limits: Limits) -> Result<Option<Detail>, EngineErro
 
 /// [`detail`] of pixels already decoded.
 pub fn detail_of_image(image: &DynamicImage) -> Option<Detail> {
-    raster::prepare_at(image, FINE).map(|p| Detail {
-        ink: (0..FINE * FINE)
-            .map(|i| p.trimmed.at(i % FINE, i / FINE) >= INK_CELL)
-            .collect(),
+    raster::prepare_at(image, FINE).map(|p| {
+        // Relative, as L3's: a downscaled copy's lines are lighter.
+        let threshold = super::verify::ink_threshold(&p.trimmed);
+        let cells_per_pixel = FINE as f32 / p.ink_extent.max(1.0);
+        Detail {
+            ink: (0..FINE * FINE)
+                .map(|i| p.trimmed.at(i % FINE, i / FINE) >= threshold)
+                .collect(),
+            tolerance: ((TOLERANCE_PIXELS * cells_per_pixel).ceil() as usize).max(TOLERANCE),
+        }
     })
 }
 
@@ -193,17 +204,21 @@ impl Detail {
             let (x, y) = orientation.map(i % FINE, i / FINE, FINE);
             ink[y * FINE + x] = true;
         }
-        Detail { ink }
+        Detail {
+            ink,
+            tolerance: self.tolerance,
+        }
     }
 
-    /// Every cell within TOLERANCE of ink: a square dilation, rows then columns.
-    fn dilated(&self) -> Vec<bool> {
+    /// Every cell within `tolerance` of ink: a square dilation, rows then
+    /// columns.
+    fn dilated(&self, tolerance: usize) -> Vec<bool> {
         let spread = |src: &[bool], step: usize, along: fn(usize) -> usize| -> Vec<bool> {
             let mut out = vec![false; src.len()];
             for (i, _) in src.iter().enumerate().filter(|(_, on)| **on) {
                 let at = along(i);
-                let lo = at.saturating_sub(TOLERANCE);
-                let hi = (at + TOLERANCE).min(FINE - 1);
+                let lo = at.saturating_sub(tolerance);
+                let hi = (at + tolerance).min(FINE - 1);
                 for k in lo..=hi {
                     out[i + k * step - at * step] = true;
                 }
@@ -226,8 +241,9 @@ impl Detail {
 /// library drawing.
 pub fn compare(query: &Detail, candidate: &Detail, orientation: Orientation) -> Fine {
     let query = query.oriented(orientation);
-    let (query_ink, added) = query.uncovered(&candidate.dilated());
-    let (candidate_ink, removed) = candidate.uncovered(&query.dilated());
+    let tolerance = query.tolerance.max(candidate.tolerance);
+    let (query_ink, added) = query.uncovered(&candidate.dilated(tolerance));
+    let (candidate_ink, removed) = candidate.uncovered(&query.dilated(tolerance));
     let share = |ink: usize, missing: &[bool]| {
         if ink == 0 {
             0.0

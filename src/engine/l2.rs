@@ -50,8 +50,8 @@ const MIN_LIST_BITS: u32 = 6;
 /// Costs of reading a probe's lists, in units of counting one posting
 /// (about a nanosecond): checking the code of a slot read from a list (a
 /// cache miss, at 10M a DRAM one, then four popcounts), checking one in a
-/// scan, and starting a block of counts for one list. Tuned on the bench's
-/// 1M and 10M libraries; within 2× either way they move p99 by about 10%.
+/// scan, and starting a block of counts for one list. Estimates, tuned on
+/// the bench at 1M and 10M: a wrong one costs speed, never exactness.
 const CHECK_COST: usize = 60;
 const SCAN_COST: usize = 4;
 const BLOCK_COST: usize = 8;
@@ -668,8 +668,8 @@ impl HashIndex {
     /// Counts each slot's postings and checks the slots read `times` times
     /// as they get there. Lists are in slot order, so they are counted a
     /// block of slots at a time, and a block's counts stay in L1 whatever
-    /// the library's size (counting into one array of a byte per slot ran
-    /// at L2 or DRAM speed).
+    /// the library's size (one bitmap over all slots was slower already at
+    /// 1M, and outgrows L2 before 10M).
     fn check_counted(
         &self,
         code: &Hash256,

@@ -101,7 +101,6 @@ pub async fn read(
                     format!("`geom_json` is not valid JSON: {e}"),
                 )
             })?;
-            crate::engine::fine::check_geom_json(&json, crate::engine::Limits::default())?;
             geom_json = Some(json);
         }
     }
@@ -112,6 +111,10 @@ pub async fn read(
             "the multipart body has no `file` part",
         )
     })?;
+    // After the file check: a body without a drawing is the first thing to say.
+    if let Some(json) = &geom_json {
+        crate::engine::fine::check_geom_json(json, crate::engine::Limits::default())?;
+    }
     Ok(Upload {
         file_name,
         content_type,

@@ -714,15 +714,22 @@ impl HashIndex {
         let radius = radius.min(MAX_RADIUS);
         let alive = (0..self.codes.len()).filter(|&s| self.is_alive(s));
         self.ranked(alive.filter_map(|slot| {
-            probes
-                .iter()
-                .map(|(o, p)| {
-                    let d = hamming(&p.dhash, &self.codes[slot]);
-                    (slot as u32, d, hamming(&p.phash, &self.phashes[slot]), *o)
-                })
+            self.distances(slot, probes)
                 .filter(|(_, d, _, _)| *d <= radius)
                 .min_by_key(|(_, d, _, _)| *d)
         }))
+    }
+
+    /// (slot, dHash distance, pHash distance, orientation) of each probe.
+    fn distances<'a>(
+        &'a self,
+        slot: usize,
+        probes: &'a [(Orientation, Hashes)],
+    ) -> impl Iterator<Item = (u32, u32, u32, Orientation)> + 'a {
+        probes.iter().map(move |(o, p)| {
+            let d = hamming(&p.dhash, &self.codes[slot]);
+            (slot as u32, d, hamming(&p.phash, &self.phashes[slot]), *o)
+        })
     }
 
     /// The `k` closest drawings by [`rank`], each in its best orientation:
@@ -745,12 +752,7 @@ impl HashIndex {
     fn scan_ranked(&self, probes: &[(Orientation, Hashes)]) -> Vec<Candidate> {
         let alive = (0..self.codes.len()).filter(|&s| self.is_alive(s));
         self.ranked(alive.filter_map(|slot| {
-            probes
-                .iter()
-                .map(|(o, p)| {
-                    let d = hamming(&p.dhash, &self.codes[slot]);
-                    (slot as u32, d, hamming(&p.phash, &self.phashes[slot]), *o)
-                })
+            self.distances(slot, probes)
                 .min_by_key(|(_, d, p, _)| (rank(*d, *p), *d))
         }))
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::fine::Fine;
 use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
-use super::verify::{Thumbnail, Verification, verify, verify_aligned};
+use super::verify::{Thumbnail, Verification, verify, verify_aligned, verify_detail};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
 
 /// L2 candidates that L3 verifies. Verifying costs microseconds; what
@@ -272,7 +272,17 @@ impl<'a> Search<'a> {
                 });
             if let Some((probe, _)) = best {
                 found.orientation = probe.orientation;
-                found.l3 = Some(verify_aligned(&probe.thumbnail, thumbnail, f64::from(probe.dropped)));
+                let dropped = f64::from(probe.dropped);
+                let coarse = verify_aligned(&probe.thumbnail, thumbnail, dropped);
+                // Only a duplicate needs the detail grid's word: it tells a
+                // copy from a look-alike, which the coarse grid cannot.
+                let detail = (coarse.similarity >= self.params.duplicate_threshold)
+                    .then(|| verify_detail(&probe.thumbnail, thumbnail, dropped))
+                    .flatten();
+                found.l3 = Some(match detail {
+                    Some(d) if d.similarity < coarse.similarity => d,
+                    _ => coarse,
+                });
                 verified += 1;
             }
         }
@@ -443,13 +453,16 @@ impl<'a> Search<'a> {
 }
 
 /// The similarity of the highest level that looked at this drawing.
+/// The finest level's word; L4 can lower L3's score but not raise it, so
+/// `precise` never calls a duplicate what `balanced` does not.
 fn similarity(found: &Found) -> f64 {
+    let l3 = found.l3.map(|v| v.similarity);
     if found.exact.is_some() {
         1.0
     } else if let Some(fine) = &found.l4 {
-        fine.similarity
-    } else if let Some(v) = &found.l3 {
-        v.similarity
+        l3.map_or(fine.similarity, |l3| l3.min(fine.similarity))
+    } else if let Some(v) = l3 {
+        v
     } else {
         found.l2.map_or(0.0, |(d, p)| l2_similarity(d, p))
     }

@@ -110,11 +110,17 @@ impl Orientation {
 pub struct Ink {
     side: usize,
     cells: Vec<f32>,
+    /// Source pixels a cell spans: how finely the ink is known.
+    cell_px: f32,
 }
 
 impl Ink {
     pub fn side(&self) -> usize {
         self.side
+    }
+
+    pub fn cell_px(&self) -> f32 {
+        self.cell_px
     }
 
     pub fn at(&self, x: usize, y: usize) -> f32 {
@@ -129,7 +135,11 @@ impl Ink {
                 cells[ty * self.side + tx] = self.at(x, y);
             }
         }
-        Ink { side: self.side, cells }
+        Ink {
+            side: self.side,
+            cells,
+            cell_px: self.cell_px,
+        }
     }
 
     pub fn hashes(&self) -> Hashes {
@@ -386,7 +396,11 @@ impl Grid<'_> {
                 }
             })
             .collect();
-        Ink { side: n, cells }
+        Ink {
+            side: n,
+            cells,
+            cell_px: side / n as f32,
+        }
     }
 
     /// Half-open pixel bounds of the ink.
@@ -442,7 +456,11 @@ impl Integral {
                 cells.push(self.mean(sx0, sy0, sx1, sy1));
             }
         }
-        Ink { side: n, cells }
+        Ink {
+            side: n,
+            cells,
+            cell_px: side / n as f32,
+        }
     }
 
     /// Mean darkness over the rectangle, whole pixels; area outside the

@@ -8,28 +8,67 @@
 //! share of A's ink cells within `TOLERANCE` cells of B's ink (a chamfer
 //! test), and the similarity is the smaller of the two directions: an added
 //! label or a crop lowers one direction, a different part lowers both.
+//!
+//! A candidate the coarse grid calls a duplicate is compared again on the
+//! 256 × 256 detail grid, within a cell and a half of either drawing's
+//! source pixels: look-alike parts (an arrow turned round, another letter
+//! in a circle) differ by less than a coarse cell, and the lower of the two
+//! scores stands.
 
 use super::raster::{Ink, Orientation};
 
-/// Side of a thumbnail: 2 KiB a drawing as a bitmap.
+/// Side of the coarse grid: 2 KiB a drawing as a bitmap (the detail grid
+/// adds 8 KiB).
 pub const THUMB: usize = 128;
+/// Side of the detail grid: the trimmed ink's own resolution.
+const DETAIL: usize = super::raster::SIDE;
+const SOURCE_TOLERANCE_PX: f32 = 1.5;
+const MAX_DETAIL_TOLERANCE: f32 = 3.0;
+/// Shifts (in detail cells, each way) tried to align the detail grids: the
+/// coarse grid's one-cell alignment is two detail cells.
+const DETAIL_REACH: i32 = 2;
 /// A cell is ink when the darkest grid cell under it reaches this share of
 /// the drawing's typical line darkness: lines greyed by downscaling or
 /// area averaging stay ink, and the same drawing binarises the same way
 /// whether it came as 1-pixel lines at 1000 px or as a quarter-size copy.
 const INK_SHARE: f32 = 0.3;
 /// Bounds of that threshold, in darkness 0..1: paper noise stays below the
-/// floor, and the ceiling keeps bold drawings' thin details.
+/// floor, and the ceiling keeps thin grey lines beside solid fills, which
+/// fade to 0.05–0.1 in a quarter-size copy (0.12 lost them: resize ¼
+/// recall .970 → .997 with 0.08).
 const INK_FLOOR: f32 = 0.03;
-const INK_CEILING: f32 = 0.12;
+const INK_CEILING: f32 = 0.08;
 /// How far (in cells, Chebyshev distance) ink may move and still match:
 /// absorbs re-rendering, line weight and JPEG edges, about 1.5% of the side.
 const TOLERANCE: usize = 1;
 
-/// Binarised ink on a THUMB × THUMB grid, one bit per cell.
+/// What L3 compares: the ink on a coarse grid, which absorbs re-rendering,
+/// and on a detail grid, which sees what tells look-alike parts apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Thumbnail {
-    rows: Vec<u128>,
+    coarse: Grid,
+    /// Absent for thumbnails stored before it existed.
+    detail: Option<DetailGrid>,
+}
+
+/// The detail grid and how far its ink may move and still match: a cell
+/// and a half of the source pixels, so a small query's coarser pixels are
+/// not taken for a different drawing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DetailGrid {
+    grid: Grid,
+    tolerance: u8,
+}
+
+impl DetailGrid {
+    fn of_ink(ink: &Ink, threshold: f32) -> DetailGrid {
+        let cell_px = ink.cell_px() * ink.side() as f32 / DETAIL as f32;
+        let tolerance = (SOURCE_TOLERANCE_PX / cell_px.max(f32::EPSILON)).ceil();
+        DetailGrid {
+            grid: Grid::from_ink(ink, DETAIL, threshold),
+            tolerance: tolerance.clamp(1.0, MAX_DETAIL_TOLERANCE) as u8,
+        }
+    }
 }
 
 /// How two thumbnails agree.
@@ -46,113 +85,221 @@ pub struct Verification {
 
 impl Thumbnail {
     pub fn from_ink(ink: &Ink) -> Thumbnail {
-        let side = ink.side();
-        let threshold = ink_threshold(ink);
-        let span = |t: usize| (t * side / THUMB, ((t + 1) * side / THUMB).max(t * side / THUMB + 1));
-        let mut rows = vec![0u128; THUMB];
-        for (ty, row) in rows.iter_mut().enumerate() {
-            let (y0, y1) = span(ty);
-            for tx in 0..THUMB {
-                let (x0, x1) = span(tx);
-                let darkest = (y0..y1)
-                    .flat_map(|y| (x0..x1).map(move |x| (x, y)))
-                    .map(|(x, y)| ink.at(x, y))
-                    .fold(0.0f32, f32::max);
-                if darkest >= threshold {
-                    *row |= 1 << tx;
-                }
-            }
+        let threshold = ink_threshold(ink, INK_CEILING);
+        Thumbnail {
+            coarse: Grid::from_ink(ink, THUMB, threshold),
+            detail: Some(DetailGrid::of_ink(ink, threshold)),
         }
-        Thumbnail { rows }
     }
 
     pub fn oriented(&self, orientation: Orientation) -> Thumbnail {
-        let mut rows = vec![0u128; THUMB];
-        for (y, row) in self.rows.iter().enumerate() {
-            for x in 0..THUMB {
-                if row >> x & 1 == 1 {
-                    let (tx, ty) = orientation.map(x, y, THUMB);
-                    rows[ty] |= 1 << tx;
-                }
-            }
+        Thumbnail {
+            coarse: self.coarse.oriented(orientation),
+            detail: self.detail.as_ref().map(|d| DetailGrid {
+                grid: d.grid.oriented(orientation),
+                tolerance: d.tolerance,
+            }),
         }
-        Thumbnail { rows }
-    }
-
-    /// Moved by (dx, dy) cells; what leaves the grid is lost.
-    fn shifted(&self, dx: i32, dy: i32) -> Thumbnail {
-        let mut rows = vec![0u128; THUMB];
-        for (y, row) in self.rows.iter().enumerate() {
-            let ty = y as i32 + dy;
-            if (0..THUMB as i32).contains(&ty) {
-                rows[ty as usize] = if dx >= 0 { row << dx } else { row >> -dx };
-            }
-        }
-        Thumbnail { rows }
     }
 
     pub fn ink_cells(&self) -> u32 {
-        self.rows.iter().map(|r| r.count_ones()).sum()
+        self.coarse.ink_cells()
     }
 
-    /// Every cell within TOLERANCE of ink (a square dilation).
-    fn dilated(&self) -> Vec<u128> {
-        let widened: Vec<u128> = self
-            .rows
-            .iter()
-            .map(|&r| (1..=TOLERANCE).fold(r, |acc, k| acc | r << k | r >> k))
-            .collect();
-        (0..THUMB)
-            .map(|y| {
-                let lo = y.saturating_sub(TOLERANCE);
-                let hi = (y + TOLERANCE).min(THUMB - 1);
-                widened[lo..=hi].iter().fold(0, |acc, r| acc | r)
-            })
-            .collect()
+    /// Stored form: the coarse grid's rows, then the detail grid's, as
+    /// little-endian 64-bit words, then the detail tolerance.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let detail = self.detail.iter().flat_map(|d| d.grid.to_bytes().chain([d.tolerance]));
+        self.coarse.to_bytes().chain(detail).collect()
     }
 
-    fn covered_by(&self, dilated_other: &[u128]) -> f64 {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Thumbnail> {
+        let coarse_len = THUMB * THUMB / 8;
+        if bytes.len() < coarse_len {
+            return None;
+        }
+        let (coarse, detail) = bytes.split_at(coarse_len);
+        Some(Thumbnail {
+            coarse: Grid::from_bytes(THUMB, coarse)?,
+            detail: match detail.split_last() {
+                None => None,
+                Some((&tolerance, grid)) => Some(DetailGrid {
+                    grid: Grid::from_bytes(DETAIL, grid)?,
+                    tolerance,
+                }),
+            },
+        })
+    }
+}
+
+/// Binarised ink on a square grid, one bit per cell, rows of 64-bit words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grid {
+    side: usize,
+    words: Vec<u64>,
+}
+
+impl Grid {
+    fn empty(side: usize) -> Grid {
+        Grid {
+            side,
+            words: vec![0; side * side / 64],
+        }
+    }
+
+    fn stride(&self) -> usize {
+        self.side / 64
+    }
+
+    fn row(&self, y: usize) -> &[u64] {
+        &self.words[y * self.stride()..(y + 1) * self.stride()]
+    }
+
+    fn get(&self, x: usize, y: usize) -> bool {
+        self.words[y * self.stride() + x / 64] >> (x % 64) & 1 == 1
+    }
+
+    fn set(&mut self, x: usize, y: usize) {
+        let stride = self.stride();
+        self.words[y * stride + x / 64] |= 1 << (x % 64);
+    }
+
+    /// Max-pooled: a cell is ink when the darkest ink cell under it
+    /// reaches `threshold`.
+    fn from_ink(ink: &Ink, side: usize, threshold: f32) -> Grid {
+        let source = ink.side();
+        let span = |t: usize| (t * source / side, ((t + 1) * source / side).max(t * source / side + 1));
+        let mut grid = Grid::empty(side);
+        for ty in 0..side {
+            let (y0, y1) = span(ty);
+            for tx in 0..side {
+                let (x0, x1) = span(tx);
+                let inked = (y0..y1).any(|y| (x0..x1).any(|x| ink.at(x, y) >= threshold));
+                if inked {
+                    grid.set(tx, ty);
+                }
+            }
+        }
+        grid
+    }
+
+    fn oriented(&self, orientation: Orientation) -> Grid {
+        let mut out = Grid::empty(self.side);
+        for y in 0..self.side {
+            for x in 0..self.side {
+                if self.get(x, y) {
+                    let (tx, ty) = orientation.map(x, y, self.side);
+                    out.set(tx, ty);
+                }
+            }
+        }
+        out
+    }
+
+    /// Moved by (dx, dy) cells, |dx| < 64; what leaves the grid is lost.
+    fn shifted(&self, dx: i32, dy: i32) -> Grid {
+        let mut out = Grid::empty(self.side);
+        let stride = self.stride();
+        for y in 0..self.side {
+            let ty = y as i32 + dy;
+            if (0..self.side as i32).contains(&ty) {
+                let target = ty as usize * stride;
+                shift_row(self.row(y), dx, &mut out.words[target..target + stride]);
+            }
+        }
+        out
+    }
+
+    fn ink_cells(&self) -> u32 {
+        self.words.iter().map(|w| w.count_ones()).sum()
+    }
+
+    /// Every cell within `tolerance` cells of ink (a square dilation).
+    fn dilated(&self, tolerance: usize) -> Vec<u64> {
+        let stride = self.stride();
+        let mut widened = self.words.clone();
+        let mut moved = vec![0u64; stride];
+        for y in 0..self.side {
+            for k in 1..=tolerance as i32 {
+                for dx in [k, -k] {
+                    shift_row(self.row(y), dx, &mut moved);
+                    for (w, m) in widened[y * stride..(y + 1) * stride].iter_mut().zip(&moved) {
+                        *w |= m;
+                    }
+                }
+            }
+        }
+        let mut out = vec![0u64; self.words.len()];
+        for y in 0..self.side {
+            let lo = y.saturating_sub(tolerance);
+            let hi = (y + tolerance).min(self.side - 1);
+            for source in lo..=hi {
+                for i in 0..stride {
+                    out[y * stride + i] |= widened[source * stride + i];
+                }
+            }
+        }
+        out
+    }
+
+    fn covered_by(&self, dilated_other: &[u64]) -> f64 {
         let ink = self.ink_cells();
         if ink == 0 {
             return 0.0;
         }
         let inside: u32 = self
-            .rows
+            .words
             .iter()
             .zip(dilated_other)
-            .map(|(r, d)| (r & d).count_ones())
+            .map(|(w, d)| (w & d).count_ones())
             .sum();
         f64::from(inside) / f64::from(ink)
     }
 
-    /// Stored form: THUMB rows of 16 little-endian bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.rows.iter().flat_map(|r| r.to_le_bytes()).collect()
+    fn to_bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.words.iter().flat_map(|w| w.to_le_bytes())
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Option<Thumbnail> {
-        (bytes.len() == THUMB * 16).then(|| Thumbnail {
-            rows: bytes
-                .chunks_exact(16)
-                .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+    fn from_bytes(side: usize, bytes: &[u8]) -> Option<Grid> {
+        (bytes.len() == side * side / 8).then(|| Grid {
+            side,
+            words: bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
         })
     }
 }
 
-/// INK_SHARE of the 90th percentile of the inked cells' darkness.
-pub(crate) fn ink_threshold(ink: &Ink) -> f32 {
+/// One row moved by `dx` bits towards higher x (negative: lower x).
+fn shift_row(row: &[u64], dx: i32, out: &mut [u64]) {
+    let n = row.len();
+    let s = dx.unsigned_abs();
+    for i in 0..n {
+        out[i] = if dx >= 0 {
+            let carry = if i > 0 && s > 0 { row[i - 1] >> (64 - s) } else { 0 };
+            row[i] << s | carry
+        } else {
+            let carry = if i + 1 < n && s > 0 { row[i + 1] << (64 - s) } else { 0 };
+            row[i] >> s | carry
+        };
+    }
+}
+
+/// INK_SHARE of the 90th percentile of the inked cells' darkness, at most
+/// `ceiling`.
+pub(crate) fn ink_threshold(ink: &Ink, ceiling: f32) -> f32 {
     let side = ink.side();
     let mut inked: Vec<f32> = (0..side * side)
         .map(|i| ink.at(i % side, i / side))
         .filter(|&d| d > 0.0)
         .collect();
     if inked.is_empty() {
-        return INK_CEILING;
+        return ceiling;
     }
     let at = (inked.len() * 9 / 10).min(inked.len() - 1);
     let (_, typical, _) = inked.select_nth_unstable_by(at, f32::total_cmp);
-    (*typical * INK_SHARE).clamp(INK_FLOOR, INK_CEILING)
+    (*typical * INK_SHARE).clamp(INK_FLOOR, ceiling)
 }
 
 /// Coverage of this share or more is a duplicate at the default threshold.
@@ -183,14 +330,45 @@ pub fn similarity_of_coverage(coverage: f64) -> f64 {
 /// copies of a drawing (rescaled, turned) can round their boxes a cell
 /// apart, which the one-cell tolerance then spends on alignment alone.
 pub fn verify_aligned(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
-    let mut best = verify(query, candidate, dropped);
-    for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1), (-1, 1), (1, -1)] {
-        if best.similarity >= 1.0 {
-            break;
-        }
-        let v = verify(&query.shifted(dx, dy), candidate, dropped);
-        if v.similarity > best.similarity {
-            best = v;
+    compare_aligned(&query.coarse, &candidate.coarse, TOLERANCE, 1, dropped)
+}
+
+/// The same comparison on the detail grids, where a look-alike's small
+/// difference (an arrow's direction, a letter) spans cells; `None` when
+/// either side has no detail grid.
+pub fn verify_detail(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Option<Verification> {
+    let (q, c) = (query.detail.as_ref()?, candidate.detail.as_ref()?);
+    let tolerance = q.tolerance.max(c.tolerance);
+    Some(compare_aligned(
+        &q.grid,
+        &c.grid,
+        usize::from(tolerance),
+        DETAIL_REACH,
+        dropped,
+    ))
+}
+
+fn compare_aligned(query: &Grid, candidate: &Grid, tolerance: usize, reach: i32, dropped: f64) -> Verification {
+    let dilated_candidate = candidate.dilated(tolerance);
+    let mut best = compare(query, candidate, &dilated_candidate, tolerance, dropped);
+    for dy in -reach..=reach {
+        for dx in -reach..=reach {
+            if best.similarity >= 1.0 {
+                return best;
+            }
+            if (dx, dy) == (0, 0) {
+                continue;
+            }
+            let v = compare(
+                &query.shifted(dx, dy),
+                candidate,
+                &dilated_candidate,
+                tolerance,
+                dropped,
+            );
+            if v.similarity > best.similarity {
+                best = v;
+            }
         }
     }
     best
@@ -202,8 +380,13 @@ pub fn verify_aligned(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) ->
 /// (a label, a note), so it weighs half: a heavy drawing with a small note
 /// stays a duplicate, a light one with a long label becomes similar.
 pub fn verify(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
-    let query_covered = query.covered_by(&candidate.dilated()) * (1.0 - dropped / 2.0);
-    let candidate_covered = candidate.covered_by(&query.dilated());
+    let dilated_candidate = candidate.coarse.dilated(TOLERANCE);
+    compare(&query.coarse, &candidate.coarse, &dilated_candidate, TOLERANCE, dropped)
+}
+
+fn compare(query: &Grid, candidate: &Grid, dilated_candidate: &[u64], tolerance: usize, dropped: f64) -> Verification {
+    let query_covered = query.covered_by(dilated_candidate) * (1.0 - dropped / 2.0);
+    let candidate_covered = candidate.covered_by(&query.dilated(tolerance));
     Verification {
         query_covered,
         candidate_covered,
@@ -296,8 +479,49 @@ mod tests {
         let t = thumb(&resistor(300, 2, true));
         assert!(t.ink_cells() > 100);
         let bytes = t.to_bytes();
-        assert_eq!(bytes.len(), 2048);
-        assert_eq!(Thumbnail::from_bytes(&bytes), Some(t));
+        assert_eq!(bytes.len(), 2048 + 8192 + 1);
+        assert_eq!(Thumbnail::from_bytes(&bytes), Some(t.clone()));
         assert_eq!(Thumbnail::from_bytes(&bytes[1..]), None);
+        let stored_before_detail = Thumbnail::from_bytes(&bytes[..2048]).expect("coarse only");
+        assert_eq!(stored_before_detail.ink_cells(), t.ink_cells());
+        assert_eq!(verify_detail(&t, &stored_before_detail, 0.0), None);
+    }
+
+    /// A frame with ten teeth; `offset` moves the teeth, in hundredths of
+    /// the side: a part whose details sit elsewhere.
+    fn comb(size: u32, weight: u32, offset: f32) -> DynamicImage {
+        let mut img = canvas(size);
+        let s = size as f32 / 100.0;
+        for (a, b) in [((20.0, 30.0), (80.0, 30.0)), ((20.0, 70.0), (80.0, 70.0))] {
+            line(&mut img, (a.0 * s, a.1 * s), (b.0 * s, b.1 * s), weight);
+        }
+        line(&mut img, (20.0 * s, 30.0 * s), (20.0 * s, 70.0 * s), weight);
+        line(&mut img, (80.0 * s, 30.0 * s), (80.0 * s, 70.0 * s), weight);
+        for tooth in 0..10 {
+            let x = (24.0 + tooth as f32 * 5.5 + offset) * s;
+            line(&mut img, (x, 30.0 * s), (x, 45.0 * s), weight);
+        }
+        DynamicImage::ImageRgb8(img)
+    }
+
+    #[test]
+    fn the_detail_grid_tells_apart_what_the_coarse_one_cannot() {
+        let original = thumb(&comb(1000, 1, 0.0));
+        let moved_teeth = thumb(&comb(1000, 1, 0.9));
+        let coarse = verify_aligned(&original, &moved_teeth, 0.0);
+        assert!(
+            coarse.similarity >= 0.95,
+            "the coarse grid already separates them: {coarse:?}"
+        );
+        let detail = verify_detail(&original, &moved_teeth, 0.0).expect("both have detail");
+        assert!(detail.similarity < 0.9, "{detail:?}");
+        for (name, copy) in [
+            ("half size", comb(500, 1, 0.0)),
+            ("lines x3", comb(1000, 3, 0.0)),
+            ("quarter size", comb(250, 1, 0.0)),
+        ] {
+            let v = verify_detail(&original, &thumb(&copy), 0.0).expect("both have detail");
+            assert!(v.similarity >= 0.95, "{name}: {v:?}");
+        }
     }
 }

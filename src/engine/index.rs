@@ -46,6 +46,32 @@ impl Index {
         self.by_id.is_empty()
     }
 
+    /// Heap bytes held, by capacities: each string's and vector's own, and
+    /// for a `HashMap` its buckets (capacity × 8/7, as hashbrown sizes
+    /// them) × (key + value) plus a control byte each. An estimate: the
+    /// allocator's headers and rounding are not counted.
+    pub fn heap_bytes(&self) -> usize {
+        let entries: usize = self
+            .by_id
+            .iter()
+            .map(|(id, e)| {
+                id.capacity() + e.drawing_id.capacity() + e.file_name.capacity() + features_bytes(&e.features)
+            })
+            .sum();
+        let lists = |map: &HashMap<String, Vec<String>>| -> usize {
+            let ids: usize = map
+                .iter()
+                .map(|(k, v)| {
+                    k.capacity()
+                        + std::mem::size_of::<String>() * v.capacity()
+                        + v.iter().map(String::capacity).sum::<usize>()
+                })
+                .sum();
+            map_bytes(map) + ids
+        };
+        map_bytes(&self.by_id) + entries + lists(&self.by_hash) + lists(&self.by_geometry) + self.l2.heap_bytes()
+    }
+
     pub fn contains(&self, drawing_id: &str) -> bool {
         self.by_id.contains_key(drawing_id)
     }
@@ -79,6 +105,20 @@ impl Index {
         }
         Some(entry)
     }
+}
+
+fn features_bytes(features: &Features) -> usize {
+    features.file_hash.capacity() + features.geometry_hash.as_ref().map_or(0, String::capacity)
+}
+
+fn map_bytes<K, V>(map: &HashMap<K, V>) -> usize {
+    let capacity = map.capacity();
+    let buckets = if capacity < 8 {
+        capacity + usize::from(capacity > 0)
+    } else {
+        capacity / 7 * 8
+    };
+    buckets * (std::mem::size_of::<K>() + std::mem::size_of::<V>() + 1)
 }
 
 fn unlist(map: &mut HashMap<String, Vec<String>>, key: &str, drawing_id: &str) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dedup2d::embedded::Db;
-use dedup2d::engine::{Entry, Features, Format, Index, InkFeatures, hex};
+use dedup2d::engine::{Features, Format, Index, InkFeatures, hex};
 use dedup2d::library::{Drawing, LibraryStore};
 use dedup2d::store::FileRef;
 
@@ -96,11 +96,7 @@ async fn main() {
     let building = Instant::now();
     let mut index = Index::default();
     for d in &drawings {
-        index.insert(Entry {
-            drawing_id: d.drawing_id.clone(),
-            file_name: d.file_name.clone(),
-            features: d.features.clone(),
-        });
+        index.insert(&d.drawing_id, &d.features);
     }
     let build = building.elapsed().as_secs_f64();
     let grown = rss_mb() - before;

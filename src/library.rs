@@ -260,9 +260,10 @@ impl Library {
     pub async fn rebuild(&self, tenant_id: &str, limits: Limits) -> Result<RebuildReport, LibraryError> {
         let tenant = self.tenant(tenant_id);
         let _writer = tenant.writer.lock().await;
-        let mut index = Index::default();
+        let drawings = self.store.all(tenant_id).await?;
+        let mut index = Index::with_capacity(drawings.len());
         let mut unreadable = Vec::new();
-        for drawing in self.store.all(tenant_id).await? {
+        for drawing in drawings {
             match self.refingerprint(&drawing, limits).await? {
                 Ok(fingerprint) => {
                     let thumbnail = fingerprint.thumbnail.map(|t| t.to_bytes());
@@ -342,8 +343,9 @@ impl Library {
         if let Some(index) = Self::loaded_index(tenant) {
             return Ok(index);
         }
-        let mut index = Index::default();
-        for drawing in self.store.all(tenant_id).await? {
+        let drawings = self.store.all(tenant_id).await?;
+        let mut index = Index::with_capacity(drawings.len());
+        for drawing in drawings {
             index.insert(&drawing.drawing_id, &drawing.features);
         }
         let index = Arc::new(index);

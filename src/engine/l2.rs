@@ -374,6 +374,19 @@ impl HashIndex {
         self.live == 0
     }
 
+    /// An empty index with room for `slots`, so that loading a library
+    /// does not grow its arrays an eighth at a time, and for the inserts
+    /// that [`HashIndex::reserve_fresh`] makes room for once they are in.
+    pub fn with_capacity(slots: usize) -> HashIndex {
+        let slots = slots + FRESH_MIN.max(slots / FRESH_SHARE);
+        HashIndex {
+            codes: Vec::with_capacity(slots),
+            phashes: Vec::with_capacity(slots),
+            alive: Vec::with_capacity(slots.div_ceil(64)),
+            ..HashIndex::default()
+        }
+    }
+
     /// Heap bytes held, capacities included. A lookup allocates besides
     /// 32 KiB of counts and its candidates, and frees them.
     pub fn heap_bytes(&self) -> usize {

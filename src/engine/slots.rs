@@ -111,6 +111,14 @@ fn id_at<'a>(text: &'a str, ends: &[u64], slot: u32) -> &'a str {
 }
 
 impl Ids {
+    pub(crate) fn with_capacity(ids: usize, text: usize) -> Ids {
+        Ids {
+            text: String::with_capacity(text),
+            ends: Vec::with_capacity(ids),
+            ..Ids::default()
+        }
+    }
+
     pub(crate) fn get(&self, slot: u32) -> &str {
         id_at(&self.text, &self.ends, slot)
     }
@@ -185,6 +193,14 @@ pub(crate) struct Keyed {
 }
 
 impl Keyed {
+    pub(crate) fn with_capacity(slots: usize) -> Keyed {
+        Keyed {
+            keys: Vec::with_capacity(slots),
+            has: Vec::with_capacity(slots.div_ceil(64)),
+            ..Keyed::default()
+        }
+    }
+
     pub(crate) fn contains(&self, slot: u32) -> bool {
         let slot = slot as usize;
         self.has.get(slot / 64).is_some_and(|w| w >> (slot % 64) & 1 == 1)
@@ -262,7 +278,7 @@ impl Keyed {
 
     /// The keys of the `kept` slots, renumbered from 0 in that order.
     pub(crate) fn kept(&self, kept: &[u32]) -> Keyed {
-        let mut keyed = Keyed::default();
+        let mut keyed = Keyed::with_capacity(if self.keys.is_empty() { 0 } else { kept.len() });
         for (slot, &old) in kept.iter().enumerate() {
             if self.contains(old) {
                 keyed.insert(slot as u32, self.keys[old as usize]);

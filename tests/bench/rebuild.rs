@@ -106,7 +106,7 @@ async fn main() {
     // allocator kept), not the rows'.
     let before = rss_mb();
     let building = Instant::now();
-    let mut index = Index::default();
+    let mut index = Index::with_capacity(drawings.len());
     for d in &drawings {
         index.insert(&d.drawing_id, &d.features);
     }

@@ -146,9 +146,10 @@ async fn details(db: &Db, ids: &[String]) {
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(found.len(), ids.len());
     }
+    let first = times[0];
     times.sort_by(f64::total_cmp);
     println!(
-        "details of {} matches: median {:.2} ms, max {:.2} ms",
+        "details of {} matches: first read {first:.2} ms; median {:.2} ms, max {:.2} ms",
         ids.len(),
         times[times.len() / 2],
         times[times.len() - 1]

@@ -375,8 +375,8 @@ impl HashIndex {
     }
 
     /// An empty index with room for `slots`, so that loading a library
-    /// does not grow its arrays an eighth at a time, and for the inserts
-    /// that [`HashIndex::reserve_fresh`] makes room for once they are in.
+    /// does not grow its arrays an eighth at a time, plus the room
+    /// `reserve_fresh` keeps for the inserts after them.
     pub fn with_capacity(slots: usize) -> HashIndex {
         let slots = slots + FRESH_MIN.max(slots / FRESH_SHARE);
         HashIndex {

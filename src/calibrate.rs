@@ -35,8 +35,8 @@ use self::twins::InkMap;
 use crate::engine::fine::{self, Detail, Fine};
 use crate::engine::verify::Thumbnail;
 use crate::engine::{
-    self, DXF_RENDER_SIZE, EXTENSIONS, EngineError, Entry, Format, Index, Limits, Query, Search, SearchParams, raster,
-    render,
+    self, DXF_RENDER_SIZE, Details, EXTENSIONS, EngineError, Format, Index, Limits, Query, Search, SearchParams,
+    raster, render,
 };
 
 /// What `by_transform` calls the queries given with `--queries`.
@@ -244,6 +244,8 @@ struct Library {
     paths: Vec<PathBuf>,
     index: Index,
     thumbnails: HashMap<String, Thumbnail>,
+    /// What the service's store keeps beside the index: names and hashes.
+    stored: HashMap<String, Details>,
     /// Pixel-identical renders share a group.
     groups: Vec<usize>,
     by_name: HashMap<String, usize>,
@@ -323,7 +325,7 @@ impl Library {
                 .collect();
             search.refine(fines, 0.0);
         }
-        let result = search.finish(0.0);
+        let result = search.finish(&self.stored, 0.0);
         result
             .duplicates
             .iter()
@@ -385,6 +387,7 @@ fn load_library(options: &Options) -> anyhow::Result<(Library, LibrarySummary)> 
         paths: Vec::new(),
         index: Index::default(),
         thumbnails: HashMap::new(),
+        stored: HashMap::new(),
         groups: Vec::new(),
         by_name: HashMap::new(),
         details: Mutex::new(HashMap::new()),
@@ -404,11 +407,10 @@ fn load_library(options: &Options) -> anyhow::Result<(Library, LibrarySummary)> 
                 if let Some(thumbnail) = fingerprint.thumbnail {
                     library.thumbnails.insert(name.clone(), thumbnail);
                 }
-                library.index.insert(Entry {
-                    drawing_id: name.clone(),
-                    file_name: name.clone(),
-                    features: fingerprint.features,
-                });
+                library.index.insert(&name, &fingerprint.features);
+                library
+                    .stored
+                    .insert(name.clone(), Details::new(&name, &fingerprint.features));
                 library.by_name.insert(name.clone(), library.drawings.len());
                 library.paths.push(path.clone());
                 library.drawings.push(Drawing { name, ink });

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::engine::Features;
+use crate::engine::{Details, Features};
 use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
 use crate::library::{Drawing, LibraryError, LibraryStore};
 use crate::stats::{StatsError, StatsStore, TenantStats};
@@ -574,6 +574,35 @@ impl LibraryStore for Db {
             })
             .await?)
     }
+
+    async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError> {
+        let tenant_id = tenant_id.to_string();
+        let ids = drawing_ids.to_vec();
+        Ok(self
+            .call(move |inner| {
+                let mut statement = inner.conn.prepare_cached(
+                    "SELECT file_name, file_hash, json_extract(features, '$.geometry_hash') FROM drawings \
+                     WHERE tenant_id = ?1 AND drawing_id = ?2",
+                )?;
+                let mut found = HashMap::with_capacity(ids.len());
+                for id in ids {
+                    let details = statement
+                        .query_row(params![tenant_id, id], |r| {
+                            Ok(Details {
+                                file_name: r.get(0)?,
+                                file_hash: r.get(1)?,
+                                geometry_hash: r.get(2)?,
+                            })
+                        })
+                        .optional()?;
+                    if let Some(details) = details {
+                        found.insert(id, details);
+                    }
+                }
+                Ok(found)
+            })
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -763,5 +792,42 @@ mod tests {
         };
         assert!(file_ref.is_none());
         assert_eq!(db.counts().await.unwrap(), Counts::default());
+    }
+
+    fn drawing(id: &str, geometry_hash: Option<&str>) -> Drawing {
+        let features = Features {
+            file_hash: format!("{id:0>64}"),
+            format: crate::engine::Format::DxfAscii,
+            width: None,
+            height: None,
+            geometry_hash: geometry_hash.map(String::from),
+            ink: None,
+        };
+        Drawing {
+            drawing_id: id.into(),
+            tenant_id: "t".into(),
+            file_name: format!("{id}.dxf"),
+            file_hash: features.file_hash.clone(),
+            file_ref: FileRef::Local {
+                path: format!("/nowhere/{id}"),
+            },
+            features,
+            created_at: 1.0,
+        }
+    }
+
+    #[tokio::test]
+    async fn details_are_those_a_search_reports_of_drawings_still_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let (a, b) = (drawing("a", Some("beef")), drawing("b", None));
+        db.insert(&a, None).await.unwrap();
+        db.insert(&b, None).await.unwrap();
+        let ids = ["a", "b", "gone"].map(String::from);
+        let details = db.details("t", &ids).await.unwrap();
+        assert_eq!(details.len(), 2);
+        assert_eq!(details["a"], Details::new("a.dxf", &a.features));
+        assert_eq!(details["b"], Details::new("b.dxf", &b.features));
+        assert!(db.details("other", &ids).await.unwrap().is_empty());
     }
 }

@@ -17,9 +17,10 @@ pub mod index;
 pub mod l2;
 pub mod raster;
 pub mod render;
+mod slots;
 pub mod verify;
 
-pub use index::{Entry, Index, Search, Transform};
+pub use index::{Details, Index, Search, Transform};
 use raster::{Hash256, Hashes, Ink, Orientation};
 use render::RenderOptions;
 use verify::Thumbnail;

@@ -17,7 +17,7 @@ use crate::engine::fine::{self, Detail, Fine};
 use crate::engine::raster::Orientation;
 use crate::engine::verify::Thumbnail;
 use crate::engine::{
-    self, EngineError, Entry, Features, Fingerprint, Index, Limits, Query, Search, SearchParams, SearchResult,
+    self, Details, EngineError, Features, Fingerprint, Index, Limits, Query, Search, SearchParams, SearchResult,
 };
 use crate::store::{FileRef, Files, StoreError};
 
@@ -74,6 +74,8 @@ pub trait LibraryStore: Send + Sync {
         tenant_id: &str,
         drawing_ids: &[String],
     ) -> Result<HashMap<String, Vec<u8>>, LibraryError>;
+    /// What a search result reports of those drawings that still exist.
+    async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError>;
 }
 
 #[derive(Default)]
@@ -140,7 +142,7 @@ impl Library {
             let _ = self.files.delete(&drawing.file_ref).await;
             return Err(e);
         }
-        self.update_index(&tenant, |index| index.insert(entry_of(&drawing)));
+        self.update_index(&tenant, |index| index.insert(&drawing.drawing_id, &drawing.features));
         Ok(drawing)
     }
 
@@ -165,7 +167,8 @@ impl Library {
     }
 
     /// Runs the engine's levels against the tenant's index, fetching L3
-    /// thumbnails and (in `precise` mode) L4 drawings between steps.
+    /// thumbnails, (in `precise` mode) L4 drawings, and the names and
+    /// hashes of the matches between steps.
     pub async fn search(
         &self,
         tenant_id: &str,
@@ -197,7 +200,14 @@ impl Library {
             let fines = self.compare_finely(tenant_id, source, wanted, limits).await?;
             search.refine(fines, elapsed_ms(started));
         }
-        Ok(search.finish(fingerprint_ms))
+        let wanted = search.wants_details();
+        let mut details = HashMap::new();
+        if !wanted.is_empty() {
+            let started = Instant::now();
+            details = self.store.details(tenant_id, &wanted).await?;
+            search.add_time("details_ms", elapsed_ms(started));
+        }
+        Ok(search.finish(&details, fingerprint_ms))
     }
 
     /// L4: reads the query (from its `geom_json` when given) and each
@@ -250,9 +260,10 @@ impl Library {
     pub async fn rebuild(&self, tenant_id: &str, limits: Limits) -> Result<RebuildReport, LibraryError> {
         let tenant = self.tenant(tenant_id);
         let _writer = tenant.writer.lock().await;
-        let mut index = Index::default();
+        let drawings = self.store.all(tenant_id).await?;
+        let mut index = Index::with_capacity(drawings.len());
         let mut unreadable = Vec::new();
-        for mut drawing in self.store.all(tenant_id).await? {
+        for drawing in drawings {
             match self.refingerprint(&drawing, limits).await? {
                 Ok(fingerprint) => {
                     let thumbnail = fingerprint.thumbnail.map(|t| t.to_bytes());
@@ -264,8 +275,7 @@ impl Library {
                             thumbnail.as_deref(),
                         )
                         .await?;
-                    drawing.features = fingerprint.features;
-                    index.insert(entry_of(&drawing));
+                    index.insert(&drawing.drawing_id, &fingerprint.features);
                 }
                 Err(reason) => {
                     tracing::warn!(message = "unreadable drawing removed", drawing_id = %drawing.drawing_id, %reason);
@@ -333,9 +343,10 @@ impl Library {
         if let Some(index) = Self::loaded_index(tenant) {
             return Ok(index);
         }
-        let mut index = Index::default();
-        for drawing in self.store.all(tenant_id).await? {
-            index.insert(entry_of(&drawing));
+        let drawings = self.store.all(tenant_id).await?;
+        let mut index = Index::with_capacity(drawings.len());
+        for drawing in drawings {
+            index.insert(&drawing.drawing_id, &drawing.features);
         }
         let index = Arc::new(index);
         *tenant.index.write().unwrap_or_else(|e| e.into_inner()) = Some(index.clone());
@@ -359,12 +370,4 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 
 fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
-}
-
-fn entry_of(drawing: &Drawing) -> Entry {
-    Entry {
-        drawing_id: drawing.drawing_id.clone(),
-        file_name: drawing.file_name.clone(),
-        features: drawing.features.clone(),
-    }
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::fine::Fine;
 use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
+use super::slots::{Ids, Keyed, room_for};
 use super::verify::{Thumbnail, Verification, verify, verify_aligned, verify_detail};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
 
@@ -19,81 +20,172 @@ use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verd
 /// limits this is fetching their thumbnails.
 pub const VERIFY_TOP: usize = 64;
 
-/// One drawing in a tenant's index.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub drawing_id: String,
-    pub file_name: String,
-    pub features: Features,
-}
-
+/// A tenant's drawings as searches read them, a slot each: the slot
+/// numbers a drawing in every per-drawing array here and in the L2 index.
+/// Removal leaves a dead slot until a quarter are dead; then compaction
+/// renumbers the live ones, so a delete stays O(1) amortised.
+///
+/// Only what every search reads is here: file names and full hashes stay
+/// in the store, read for the few drawings a result reports ([`Details`]).
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    by_id: HashMap<String, Entry>,
-    by_hash: HashMap<String, Vec<String>>,
-    by_geometry: HashMap<String, Vec<String>>,
+    ids: Ids,
+    /// A bit per slot whose drawing is in the index.
+    alive: Vec<u64>,
+    live: usize,
+    /// L1 by [`l1_key`] of the file's sha256 and of a DXF's geometry hash;
+    /// [`Search::finish`] confirms a hit against the stored hash.
+    by_hash: Keyed,
+    by_geometry: Keyed,
+    /// Longer side of each drawing's ink box, 0 without ink: the scale of
+    /// a match.
+    extents: Vec<f64>,
     l2: HashIndex,
     /// Drawings stored before their L2 features existed.
     without_ink: usize,
 }
 
-impl Index {
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
+/// What a result reports of a library drawing beyond the index, read from
+/// the store for its matches only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Details {
+    pub file_name: String,
+    pub file_hash: String,
+    pub geometry_hash: Option<String>,
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-
-    pub fn contains(&self, drawing_id: &str) -> bool {
-        self.by_id.contains_key(drawing_id)
-    }
-
-    pub fn insert(&mut self, entry: Entry) {
-        self.remove(&entry.drawing_id);
-        let id = &entry.drawing_id;
-        self.by_hash
-            .entry(entry.features.file_hash.clone())
-            .or_default()
-            .push(id.clone());
-        if let Some(geometry) = &entry.features.geometry_hash {
-            self.by_geometry.entry(geometry.clone()).or_default().push(id.clone());
+impl Details {
+    pub fn new(file_name: &str, features: &Features) -> Details {
+        Details {
+            file_name: file_name.to_string(),
+            file_hash: features.file_hash.clone(),
+            geometry_hash: features.geometry_hash.clone(),
         }
-        match &entry.features.ink {
-            Some(ink) => self.l2.insert(id, ink.hashes()),
-            None => self.without_ink += 1,
-        }
-        self.by_id.insert(id.clone(), entry);
-    }
-
-    pub fn remove(&mut self, drawing_id: &str) -> Option<Entry> {
-        let entry = self.by_id.remove(drawing_id)?;
-        let features = &entry.features;
-        unlist(&mut self.by_hash, &features.file_hash, drawing_id);
-        if let Some(geometry) = &features.geometry_hash {
-            unlist(&mut self.by_geometry, geometry, drawing_id);
-        }
-        if !self.l2.remove(drawing_id) {
-            self.without_ink -= 1;
-        }
-        Some(entry)
     }
 }
 
-fn unlist(map: &mut HashMap<String, Vec<String>>, key: &str, drawing_id: &str) {
-    if let Some(ids) = map.get_mut(key) {
-        ids.retain(|id| id != drawing_id);
-        if ids.is_empty() {
-            map.remove(key);
+/// An exact hash's L1 key: SipHash with fixed keys, the same for queries
+/// and drawings in a process (the index is never persisted). The hashes
+/// are sha256 hex, so nobody can aim collisions at the key, and the stored
+/// hash weeds out the chance ones.
+fn l1_key(hash: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hash.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The length of the ids the service makes (a uuid in hex).
+const ID_BYTES: usize = 32;
+
+impl Index {
+    /// An empty index with room for `drawings`: loading a library then does
+    /// not grow every array an eighth at a time, each time a copy and a
+    /// hole the allocator keeps (at 1M drawings, about 25 bytes a drawing
+    /// of resident memory). Hash tables still grow as they fill.
+    pub fn with_capacity(drawings: usize) -> Index {
+        Index {
+            ids: Ids::with_capacity(drawings, drawings * ID_BYTES),
+            alive: Vec::with_capacity(drawings.div_ceil(64)),
+            by_hash: Keyed::with_capacity(drawings),
+            extents: Vec::with_capacity(drawings),
+            l2: HashIndex::with_capacity(drawings),
+            ..Index::default()
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn contains(&self, drawing_id: &str) -> bool {
+        self.ids.find(drawing_id).is_some()
+    }
+
+    /// Adds a drawing, or replaces the one with its id.
+    pub fn insert(&mut self, drawing_id: &str, features: &Features) {
+        self.remove(drawing_id);
+        self.live += 1;
+        let slot = self.ids.push(drawing_id, self.live);
+        let at = slot as usize;
+        if at.is_multiple_of(64) {
+            room_for(&mut self.alive, 1);
+            self.alive.push(0);
+        }
+        self.alive[at / 64] |= 1 << (at % 64);
+        self.by_hash.insert(slot, l1_key(&features.file_hash));
+        if let Some(geometry) = &features.geometry_hash {
+            self.by_geometry.insert(slot, l1_key(geometry));
+        }
+        room_for(&mut self.extents, 1);
+        self.extents.push(features.ink.map_or(0.0, |ink| ink.extent));
+        let l2_slot = self.l2.push(features.ink.map(|ink| ink.hashes()));
+        debug_assert_eq!(l2_slot, slot, "one numbering of slots");
+        self.without_ink += usize::from(features.ink.is_none());
+    }
+
+    /// False if no drawing has this id.
+    pub fn remove(&mut self, drawing_id: &str) -> bool {
+        let Some(slot) = self.ids.take(drawing_id) else {
+            return false;
+        };
+        let at = slot as usize;
+        self.alive[at / 64] &= !(1 << (at % 64));
+        self.live -= 1;
+        self.by_hash.remove(slot);
+        self.by_geometry.remove(slot);
+        if !self.l2.remove(slot) {
+            self.without_ink -= 1;
+        }
+        let slots = self.extents.len();
+        if (slots - self.live) * 4 > slots {
+            self.compact();
+        }
+        true
+    }
+
+    /// Renumbers the live slots from 0 everywhere.
+    fn compact(&mut self) {
+        let kept: Vec<u32> = (0..self.extents.len() as u32).filter(|&s| self.is_alive(s)).collect();
+        self.ids = self.ids.kept(&kept);
+        self.by_hash = self.by_hash.kept(&kept);
+        self.by_geometry = self.by_geometry.kept(&kept);
+        self.extents = kept.iter().map(|&s| self.extents[s as usize]).collect();
+        self.alive = vec![0; kept.len().div_ceil(64)];
+        for slot in 0..kept.len() {
+            self.alive[slot / 64] |= 1 << (slot % 64);
+        }
+        self.l2.retain(&kept);
+    }
+
+    fn id(&self, slot: u32) -> &str {
+        self.ids.get(slot)
+    }
+
+    fn is_alive(&self, slot: u32) -> bool {
+        let slot = slot as usize;
+        self.alive[slot / 64] >> (slot % 64) & 1 == 1
+    }
+
+    /// Heap bytes held, by capacities (the allocator's headers and rounding
+    /// are not counted). A search allocates besides, and frees it.
+    pub fn heap_bytes(&self) -> usize {
+        self.ids.bytes()
+            + 8 * (self.alive.capacity() + self.extents.capacity())
+            + self.by_hash.bytes()
+            + self.by_geometry.bytes()
+            + self.l2.heap_bytes()
     }
 }
 
 /// How a library drawing relates to the query.
 #[derive(Debug, Clone)]
 struct Found {
-    drawing_id: String,
+    slot: u32,
     orientation: Orientation,
     exact: Option<Exact>,
     l2: Option<(u32, u32)>,
@@ -120,8 +212,9 @@ pub struct Transform {
 
 /// One search, run in steps: [`Search::new`] does L1 and L2; the caller
 /// fetches [`Search::wants_thumbnails`] for [`Search::verify`] (L3), then
-/// [`Search::wants_drawings`] for [`Search::refine`] (L4), then calls
-/// [`Search::finish`]. A step with nothing wanted is skipped.
+/// [`Search::wants_drawings`] for [`Search::refine`] (L4), then
+/// [`Search::wants_details`] for [`Search::finish`]. A step with nothing
+/// wanted is skipped.
 pub struct Search<'a> {
     index: &'a Index,
     query: &'a Fingerprint,
@@ -158,20 +251,19 @@ impl<'a> Search<'a> {
 
     fn exact(&mut self) {
         let features = &self.query.features;
-        let by_bytes = self.index.by_hash.get(&features.file_hash).into_iter().flatten();
+        let index = self.index;
+        let by_bytes = index.by_hash.slots(l1_key(&features.file_hash));
         let by_geometry = features
             .geometry_hash
-            .as_ref()
-            .and_then(|g| self.index.by_geometry.get(g))
-            .into_iter()
-            .flatten();
-        for (id, kind) in by_bytes
-            .map(|id| (id, Exact::Bytes))
-            .chain(by_geometry.map(|id| (id, Exact::Geometry)))
+            .iter()
+            .flat_map(|g| index.by_geometry.slots(l1_key(g)));
+        for (slot, kind) in by_bytes
+            .map(|slot| (slot, Exact::Bytes))
+            .chain(by_geometry.map(|slot| (slot, Exact::Geometry)))
         {
-            if !self.found.iter().any(|f| &f.drawing_id == id) {
+            if !self.found.iter().any(|f| f.slot == slot) {
                 self.found.push(Found {
-                    drawing_id: id.clone(),
+                    slot,
                     orientation: Orientation::IDENTITY,
                     exact: Some(kind),
                     l2: None,
@@ -201,16 +293,23 @@ impl<'a> Search<'a> {
                 .filter(|p| p.frame == frame)
                 .map(|p| (p.orientation, p.hashes))
                 .collect();
-            let (shortlist, used) = self.index.l2.shortlist(&probes, k + self.found.len());
+            let (mut shortlist, used) = self.index.l2.shortlist(&probes, k + self.found.len());
+            // L2 leaves ties for the last places to us: by id, so the
+            // answer does not depend on the order drawings were added in.
+            shortlist.sort_by(|a, b| {
+                closeness(a)
+                    .cmp(&closeness(b))
+                    .then_with(|| self.index.id(a.slot).cmp(self.index.id(b.slot)))
+            });
+            shortlist.truncate(k + self.found.len());
             method = used;
             all.extend(shortlist);
         }
         // Each drawing once, through the frame that ranks it closest.
-        all.sort_by_key(|c| (rank(c.dhash_distance, c.phash_distance), c.dhash_distance));
+        all.sort_by_key(closeness);
         let mut fresh: Vec<Candidate> = Vec::new();
         for c in all {
-            let known = self.found.iter().any(|f| f.drawing_id == c.drawing_id)
-                || fresh.iter().any(|f| f.drawing_id == c.drawing_id);
+            let known = self.found.iter().any(|f| f.slot == c.slot) || fresh.iter().any(|f| f.slot == c.slot);
             if !known && fresh.len() < k {
                 fresh.push(c);
             }
@@ -225,7 +324,7 @@ impl<'a> Search<'a> {
         );
         self.final_level = 2;
         self.found.extend(fresh.into_iter().map(|c| Found {
-            drawing_id: c.drawing_id,
+            slot: c.slot,
             orientation: c.orientation,
             exact: None,
             l2: Some((c.dhash_distance, c.phash_distance)),
@@ -242,7 +341,7 @@ impl<'a> Search<'a> {
         self.found
             .iter()
             .filter(|f| f.l2.is_some())
-            .map(|f| f.drawing_id.clone())
+            .map(|f| self.index.id(f.slot).to_string())
             .collect()
     }
 
@@ -252,8 +351,9 @@ impl<'a> Search<'a> {
     pub fn verify(&mut self, thumbnails: &HashMap<String, Thumbnail>) {
         let started = Instant::now();
         let mut verified = 0;
+        let index = self.index;
         for found in self.found.iter_mut().filter(|f| f.l2.is_some()) {
-            let Some(thumbnail) = thumbnails.get(&found.drawing_id) else {
+            let Some(thumbnail) = thumbnails.get(index.id(found.slot)) else {
                 continue;
             };
             // Every orientation, not only L2's pick: a nearly symmetric
@@ -308,7 +408,7 @@ impl<'a> Search<'a> {
         verified
             .into_iter()
             .take(self.params.precision_top_n)
-            .map(|f| (f.drawing_id.clone(), f.orientation))
+            .map(|f| (self.index.id(f.slot).to_string(), f.orientation))
             .collect()
     }
 
@@ -316,7 +416,7 @@ impl<'a> Search<'a> {
     pub fn refine(&mut self, fines: HashMap<String, Fine>, elapsed_ms: f64) {
         let refined = fines.len();
         for found in &mut self.found {
-            if let Some(fine) = fines.get(&found.drawing_id) {
+            if let Some(fine) = fines.get(self.index.id(found.slot)) {
                 found.l4 = Some(fine.clone());
             }
         }
@@ -331,22 +431,46 @@ impl<'a> Search<'a> {
         self.timing.insert(name.into(), round_ms(ms));
     }
 
-    /// `fingerprint_ms` is the caller's measured time to read the query.
-    pub fn finish(mut self, fingerprint_ms: f64) -> SearchResult {
-        let params = self.params.clone();
-        let mut matches: Vec<super::Match> = self
+    /// The drawings a result reports, best first: the caller fetches their
+    /// stored [`Details`] for [`Search::finish`].
+    pub fn wants_details(&self) -> Vec<String> {
+        self.reported()
+            .iter()
+            .map(|f| self.index.id(f.slot).to_string())
+            .collect()
+    }
+
+    /// Everything found that reaches the similar threshold, best first, at
+    /// most `max_results`.
+    fn reported(&self) -> Vec<&Found> {
+        let mut reported: Vec<&Found> = self
             .found
             .iter()
-            .map(|f| self.to_match(f))
-            .filter(|m| m.verdict != Verdict::Different)
+            .filter(|f| verdict(similarity(f), &self.params) != Verdict::Different)
             .collect();
-        matches.sort_by(|a, b| {
-            b.similarity
-                .total_cmp(&a.similarity)
-                .then(b.match_level.cmp(&a.match_level))
-                .then_with(|| a.drawing_id.cmp(&b.drawing_id))
+        reported.sort_by(|a, b| {
+            round(similarity(b))
+                .total_cmp(&round(similarity(a)))
+                .then(level(b).cmp(&level(a)))
+                .then_with(|| self.index.id(a.slot).cmp(self.index.id(b.slot)))
         });
-        matches.truncate(params.max_results);
+        reported.truncate(self.params.max_results);
+        reported
+    }
+
+    /// `details` are those of [`Search::wants_details`] that the store
+    /// still has: a drawing deleted since the search began is left out,
+    /// and so is an L1 hit that its stored hash does not confirm.
+    /// `fingerprint_ms` is the caller's measured time to read the query.
+    pub fn finish(mut self, details: &HashMap<String, Details>, fingerprint_ms: f64) -> SearchResult {
+        let matches: Vec<super::Match> = self
+            .reported()
+            .into_iter()
+            .filter_map(|found| {
+                let details = details.get(self.index.id(found.slot))?;
+                self.confirms(found, details).then(|| self.to_match(found, details))
+            })
+            .collect();
         let (duplicates, similar): (Vec<_>, Vec<_>) =
             matches.into_iter().partition(|m| m.verdict == Verdict::Duplicate);
         let total_ms = fingerprint_ms + self.timing.values().filter_map(serde_json::Value::as_f64).sum::<f64>();
@@ -366,8 +490,18 @@ impl<'a> Search<'a> {
         }
     }
 
-    fn to_match(&self, found: &Found) -> super::Match {
-        let entry = &self.index.by_id[&found.drawing_id];
+    /// Whether the stored hashes agree with an L1 hit, which the index
+    /// found by a 64-bit key.
+    fn confirms(&self, found: &Found, details: &Details) -> bool {
+        let query = &self.query.features;
+        match found.exact {
+            Some(Exact::Bytes) => details.file_hash == query.file_hash,
+            Some(Exact::Geometry) => details.geometry_hash == query.geometry_hash,
+            None => true,
+        }
+    }
+
+    fn to_match(&self, found: &Found, details: &Details) -> super::Match {
         let similarity = similarity(found);
         let level = level(found);
         let mut levels = serde_json::Map::new();
@@ -404,24 +538,26 @@ impl<'a> Search<'a> {
             );
         }
         super::Match {
-            drawing_id: entry.drawing_id.clone(),
-            file_hash: entry.features.file_hash.clone(),
-            file_name: entry.file_name.clone(),
+            drawing_id: self.index.id(found.slot).to_string(),
+            file_hash: details.file_hash.clone(),
+            file_name: details.file_name.clone(),
             similarity: round(similarity),
             confidence: round(confidence(level, similarity)),
             match_level: level,
             verdict: verdict(similarity, &self.params),
             levels: serde_json::Value::Object(levels),
-            transform: Some(self.transform(found, &entry.features)),
+            transform: Some(self.transform(found)),
             diff_regions: found.l4.as_ref().map(|f| f.diff_regions.clone()),
         }
     }
 
-    fn transform(&self, found: &Found, drawing: &Features) -> Transform {
+    fn transform(&self, found: &Found) -> Transform {
         let query = &self.query.features;
-        let same_kind = query.geometry_hash.is_some() == drawing.geometry_hash.is_some();
-        let scale = match (&query.ink, &drawing.ink) {
-            (Some(q), Some(d)) if same_kind && d.extent > 0.0 => Some(round(q.extent / d.extent)),
+        let same_kind = query.geometry_hash.is_some() == self.index.by_geometry.contains(found.slot);
+        // 0 for a drawing without ink, which has no scale either.
+        let extent = self.index.extents[found.slot as usize];
+        let scale = match &query.ink {
+            Some(q) if same_kind && extent > 0.0 => Some(round(q.extent / extent)),
             _ if found.exact == Some(Exact::Bytes) => Some(1.0),
             _ => None,
         };
@@ -452,8 +588,12 @@ impl<'a> Search<'a> {
     }
 }
 
-/// The similarity of the highest level that looked at this drawing.
-/// The finest level's word; L4 can lower L3's score but not raise it, so
+fn closeness(c: &Candidate) -> (u32, u32) {
+    (rank(c.dhash_distance, c.phash_distance), c.dhash_distance)
+}
+
+/// The similarity of the highest level that looked at this drawing; L4
+/// can lower L3's score but not raise it, so
 /// `precise` never calls a duplicate what `balanced` does not.
 fn similarity(found: &Found) -> f64 {
     let l3 = found.l3.map(|v| v.similarity);
@@ -510,7 +650,8 @@ mod tests {
     use image::{DynamicImage, GrayImage, Luma, imageops};
 
     use super::*;
-    use crate::engine::{Limits, Query, fingerprint, query, query_image};
+    use crate::engine::raster::Hash256;
+    use crate::engine::{Format, InkFeatures, Limits, Query, fingerprint, query, query_image};
 
     /// A random line drawing: a frame, and strokes placed by the seed.
     fn drawing(seed: u64, size: u32) -> GrayImage {
@@ -554,41 +695,60 @@ mod tests {
         out
     }
 
+    /// An index and what a store keeps beside it.
+    #[derive(Default)]
     struct Library {
         index: Index,
+        features: HashMap<String, Features>,
         thumbnails: HashMap<String, Thumbnail>,
     }
 
     impl Library {
         fn new(files: &[(&str, Vec<u8>)]) -> Library {
-            let mut library = Library {
-                index: Index::default(),
-                thumbnails: HashMap::new(),
-            };
+            let mut library = Library::default();
             for (id, bytes) in files {
                 let fingerprint = fingerprint(bytes, Limits::default()).unwrap();
                 if let Some(t) = fingerprint.thumbnail {
                     library.thumbnails.insert(id.to_string(), t);
                 }
-                library.index.insert(Entry {
-                    drawing_id: id.to_string(),
-                    file_name: format!("{id}.file"),
-                    features: fingerprint.features,
-                });
+                library.insert(id, fingerprint.features);
             }
             library
         }
 
+        fn insert(&mut self, id: &str, features: Features) {
+            self.index.insert(id, &features);
+            self.features.insert(id.to_string(), features);
+        }
+
+        fn remove(&mut self, id: &str) {
+            assert_eq!(self.index.remove(id), self.features.remove(id).is_some());
+        }
+
         fn search(&self, query: &Query, mode: Mode) -> SearchResult {
+            self.search_probes(&query.fingerprint, &query.probes, mode)
+        }
+
+        /// As `library::Library::search` runs the steps, with this
+        /// library's features as the store's.
+        fn search_probes(&self, query: &Fingerprint, probes: &[Probe], mode: Mode) -> SearchResult {
             let params = SearchParams {
                 mode,
                 ..SearchParams::default()
             };
-            let mut search = Search::new(&self.index, &query.fingerprint, &query.probes, &params);
+            let mut search = Search::new(&self.index, query, probes, &params);
             if !search.wants_thumbnails().is_empty() {
                 search.verify(&self.thumbnails);
             }
-            search.finish(0.0)
+            let details: HashMap<String, Details> = search
+                .wants_details()
+                .into_iter()
+                .filter_map(|id| {
+                    let details = Details::new(&format!("{id}.file"), self.features.get(&id)?);
+                    Some((id, details))
+                })
+                .collect();
+            search.finish(&details, 0.0)
         }
     }
 
@@ -719,20 +879,241 @@ mod tests {
     #[test]
     fn removed_drawings_are_not_found_and_old_features_are_reported() {
         let mut library = library_of_drawings();
-        library.index.remove("d2");
+        library.remove("d2");
         let q = query(&png(&drawing(2, 600)), Limits::default()).unwrap();
         assert!(library.search(&q, Mode::Balanced).duplicates.is_empty());
-        let mut old = library.index.by_id["d1"].clone();
-        old.drawing_id = "old".into();
-        old.features.ink = None;
-        library.index.insert(old);
+        let mut old = library.features["d1"].clone();
+        old.ink = None;
+        library.insert("old", old);
         let result = library.search(&q, Mode::Fast);
         assert!(
             result.warnings[0].contains("1 library drawings"),
             "{:?}",
             result.warnings
         );
-        library.index.remove("old");
+        library.remove("old");
         assert!(library.search(&q, Mode::Fast).warnings.is_empty());
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn hash(&mut self) -> Hash256 {
+            [self.next(), self.next(), self.next(), self.next()]
+        }
+
+        fn hex(&mut self) -> String {
+            self.hash().iter().map(|w| format!("{w:016x}")).collect()
+        }
+    }
+
+    /// Features as a store holds them, made up: a DXF (with a geometry
+    /// hash) every third, no ink every seventh, and a file hash from a
+    /// pool of `files` so that some drawings share one.
+    fn made_up(rng: &mut Rng, files: &[String]) -> Features {
+        let n = rng.next();
+        Features {
+            file_hash: files[(n % files.len() as u64) as usize].clone(),
+            format: Format::Png,
+            width: None,
+            height: None,
+            geometry_hash: n.is_multiple_of(3).then(|| rng.hex()),
+            ink: (!n.is_multiple_of(7)).then(|| InkFeatures {
+                dhash: rng.hash(),
+                phash: rng.hash(),
+                page_dhash: rng.hash(),
+                aspect: 1.0,
+                extent: (n % 1000) as f64 + 0.5,
+            }),
+        }
+    }
+
+    /// Every live drawing's slot leads back to its id, its L1 keys, its
+    /// extent and, with ink, its L2 codes; dead slots lead nowhere.
+    fn assert_consistent(index: &Index, expected: &HashMap<String, Features>) {
+        assert_eq!(index.len(), expected.len());
+        let slots = index.extents.len() as u32;
+        assert_eq!((0..slots).filter(|&s| index.is_alive(s)).count(), expected.len());
+        assert_eq!(index.without_ink, expected.values().filter(|f| f.ink.is_none()).count());
+        assert_eq!(index.l2.len(), expected.len() - index.without_ink);
+        for (id, features) in expected {
+            let slot = index.ids.find(id).unwrap_or_else(|| panic!("{id} is indexed"));
+            assert!(index.is_alive(slot) && index.id(slot) == id);
+            assert!(index.by_hash.slots(l1_key(&features.file_hash)).any(|s| s == slot));
+            let geometry = features.geometry_hash.as_deref().map(l1_key);
+            assert_eq!(index.by_geometry.contains(slot), geometry.is_some());
+            assert!(geometry.is_none_or(|g| index.by_geometry.slots(g).any(|s| s == slot)));
+            assert_eq!(index.extents[slot as usize], features.ink.map_or(0.0, |i| i.extent));
+            if let Some(ink) = features.ink {
+                let probe = [(Orientation::IDENTITY, ink.hashes())];
+                let found = index.l2.candidates(&probe, 0);
+                assert!(found.iter().any(|c| c.slot == slot), "{id} in L2");
+            }
+        }
+        for slot in (0..slots).filter(|&s| !index.is_alive(s)) {
+            assert!(!index.by_hash.contains(slot) && !index.by_geometry.contains(slot));
+        }
+        for features in expected.values() {
+            for slot in index.by_hash.slots(l1_key(&features.file_hash)) {
+                assert!(index.is_alive(slot));
+                assert_eq!(expected[index.id(slot)].file_hash, features.file_hash);
+            }
+        }
+    }
+
+    #[test]
+    fn inserts_replacements_and_removals_keep_slots_and_l1_maps_consistent() {
+        let mut rng = Rng(0x5eed_1234);
+        let files: Vec<String> = (0..150).map(|_| rng.hex()).collect();
+        let mut index = Index::default();
+        let mut expected = HashMap::new();
+        let mut compactions = 0;
+        for step in 0..6000 {
+            let id = format!("drawing-{}", rng.next() % 400);
+            let slots = index.extents.len();
+            if rng.next().is_multiple_of(3) {
+                assert_eq!(index.remove(&id), expected.remove(&id).is_some());
+            } else {
+                let features = made_up(&mut rng, &files);
+                index.insert(&id, &features);
+                expected.insert(id.clone(), features);
+            }
+            assert_eq!(index.contains(&id), expected.contains_key(&id));
+            compactions += usize::from(index.extents.len() < slots);
+            if step % 250 == 0 {
+                assert_consistent(&index, &expected);
+            }
+        }
+        assert_consistent(&index, &expected);
+        assert!(compactions > 5, "{compactions} compactions");
+        for id in expected.keys() {
+            assert!(index.remove(id));
+        }
+        assert!(index.is_empty());
+        assert_consistent(&index, &HashMap::new());
+    }
+
+    fn query_of(features: &Features) -> (Fingerprint, Vec<Probe>) {
+        let fingerprint = Fingerprint {
+            features: features.clone(),
+            thumbnail: None,
+            frames: Vec::new(),
+        };
+        let thumbnail = Thumbnail::from_bytes(&[0; 2048]).expect("a blank thumbnail");
+        let probes = features.ink.iter().map(|ink| Probe {
+            frame: 0,
+            orientation: Orientation::IDENTITY,
+            hashes: ink.hashes(),
+            thumbnail: thumbnail.clone(),
+            dropped: 0.0,
+        });
+        (fingerprint, probes.collect())
+    }
+
+    fn found(result: &SearchResult) -> Vec<(&str, u8)> {
+        let all = result.duplicates.iter().chain(&result.similar);
+        all.map(|m| (m.drawing_id.as_str(), m.match_level)).collect()
+    }
+
+    #[test]
+    fn a_removed_drawing_is_never_returned() {
+        let mut rng = Rng(77);
+        let files: Vec<String> = (0..1000).map(|_| rng.hex()).collect();
+        let mut library = Library::default();
+        for i in 0..400 {
+            library.insert(&format!("d{i}"), made_up(&mut rng, &files[..800]));
+        }
+        let mut target = made_up(&mut rng, &files[800..]);
+        target.ink = Some(InkFeatures {
+            dhash: rng.hash(),
+            phash: rng.hash(),
+            page_dhash: rng.hash(),
+            aspect: 1.0,
+            extent: 10.0,
+        });
+        target.geometry_hash = Some(rng.hex());
+        library.insert("target", target.clone());
+        library.insert("copy", target.clone());
+        let (query, probes) = query_of(&target);
+        let result = library.search_probes(&query, &probes, Mode::Fast);
+        assert_eq!(found(&result), [("copy", 1), ("target", 1)]);
+        assert_eq!(result.duplicates[0].file_name, "copy.file");
+        library.remove("target");
+        let mut other = target.clone();
+        other.file_hash = rng.hex();
+        other.geometry_hash = None;
+        library.insert("near", other);
+        let result = library.search_probes(&query, &probes, Mode::Fast);
+        assert_eq!(found(&result), [("near", 2), ("copy", 1)]);
+        library.remove("copy");
+        // Compactions renumber every slot in between.
+        for i in 0..300 {
+            library.remove(&format!("d{i}"));
+        }
+        let result = library.search_probes(&query, &probes, Mode::Fast);
+        assert_eq!(found(&result), [("near", 2)]);
+        library.remove("near");
+        assert!(found(&library.search_probes(&query, &probes, Mode::Fast)).is_empty());
+    }
+
+    #[test]
+    fn ties_for_the_last_candidates_go_to_the_first_ids_whatever_the_order_added() {
+        let mut rng = Rng(5);
+        let mut library = Library::default();
+        let file = rng.hex();
+        let mut twin = made_up(&mut rng, &[file]);
+        twin.ink = Some(InkFeatures {
+            dhash: rng.hash(),
+            phash: rng.hash(),
+            page_dhash: rng.hash(),
+            aspect: 1.0,
+            extent: 10.0,
+        });
+        twin.geometry_hash = None;
+        for i in (0..VERIFY_TOP + 6).rev() {
+            twin.file_hash = rng.hex();
+            library.insert(&format!("d{i:03}"), twin.clone());
+        }
+        let (query, probes) = query_of(&Features {
+            file_hash: rng.hex(),
+            ..twin
+        });
+        let result = library.search_probes(&query, &probes, Mode::Fast);
+        let expected: Vec<String> = (0..50).map(|i| format!("d{i:03}")).collect();
+        assert_eq!(ids(&result), expected);
+    }
+
+    #[test]
+    fn matches_the_store_no_longer_has_or_does_not_confirm_are_left_out() {
+        let mut rng = Rng(99);
+        let mut library = Library::default();
+        let file = rng.hex();
+        let mut drawing = made_up(&mut rng, &[file]);
+        drawing.ink = None;
+        drawing.geometry_hash = Some(rng.hex());
+        for id in ["a", "b", "c"] {
+            library.insert(id, drawing.clone());
+        }
+        let (query, probes) = query_of(&drawing);
+        let search = Search::new(&library.index, &query, &probes, &SearchParams::default());
+        let wanted = search.wants_details();
+        assert_eq!(wanted, ["a", "b", "c"]);
+        let mut details: HashMap<String, Details> = wanted
+            .iter()
+            .map(|id| (id.clone(), Details::new(id, &drawing)))
+            .collect();
+        details.remove("a");
+        // As if b's key had collided with the query's: its stored hash differs.
+        details.get_mut("b").unwrap().file_hash = rng.hex();
+        let result = search.finish(&details, 0.0);
+        assert_eq!(found(&result), [("c", 1)]);
+        assert_eq!(result.duplicates[0].file_name, "c");
     }
 }

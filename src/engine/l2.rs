@@ -16,14 +16,15 @@
 //! drawings found in enough of them are checked (see [`Read::Counted`]), or
 //! the codes are scanned when that is cheaper, which bounds the worst query.
 //!
-//! The index owns its drawings' ids, codes and posting lists as a few flat
-//! arrays indexed by a u32 slot: a million drawings cost about 200 bytes
-//! each (the issue allows 256), and lookups read contiguous memory.
+//! The index keeps its drawings' codes and posting lists as a few flat
+//! arrays indexed by a u32 slot, which the owner (`index::Index`) shares
+//! with its own per-drawing arrays and maps to drawing ids: lookups read
+//! contiguous memory, and a million drawings cost about 150 bytes each here.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::LazyLock;
 
 use super::raster::{Hash256, Hashes, Orientation, hamming};
+use super::slots::room_for;
 
 const CHUNKS: usize = 16;
 /// The largest radius the chunk lookups find exactly.
@@ -71,27 +72,29 @@ pub fn rank(dhash_distance: u32, phash_distance: u32) -> u32 {
     (dhash_distance * 5).min(phash_distance)
 }
 
-/// A candidate: which drawing, through which orientation of the query, and
-/// at what distances.
+/// A candidate: which drawing (by slot), through which orientation of the
+/// query, and at what distances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    pub drawing_id: String,
+    pub slot: u32,
     pub orientation: Orientation,
     pub dhash_distance: u32,
     pub phash_distance: u32,
 }
 
-/// A slot is a drawing's position in every per-drawing array; it is stable
-/// until compaction, which renumbers the live ones from 0.
+/// A slot is a drawing's position in every per-drawing array. Slots are the
+/// owner's: [`HashIndex::push`] appends one, [`HashIndex::remove`] only
+/// unlists it, and [`HashIndex::retain`] renumbers them when the owner
+/// compacts its own arrays.
 #[derive(Debug, Default, Clone)]
 pub struct HashIndex {
     /// dHash codes by slot, contiguous: every lookup and scan reads them.
     codes: Vec<Hash256>,
     phashes: Vec<Hash256>,
-    /// A bit per slot: removal only clears it, and a hit must have it set.
+    /// A bit per slot that lookups may find: pushed with hashes and not
+    /// removed. A hit must have it set.
     alive: Vec<u64>,
     live: usize,
-    ids: Ids,
     lists: Lists,
 }
 
@@ -154,112 +157,6 @@ fn chunks(code: &Hash256) -> Hash256 {
 
 fn chunk(packed: &Hash256, i: usize) -> u16 {
     (packed[i / 4] >> (i % 4 * 16)) as u16
-}
-
-/// Drawing ids, interned: one string holds them all, a slot finds its id by
-/// offset, and an open-addressing table of slots finds a slot by id. A
-/// `String` per slot and a `HashMap<String, u32>` beside cost about 120
-/// bytes per 32-character id more (two allocations, a fat bucket).
-#[derive(Debug, Default, Clone)]
-struct Ids {
-    text: String,
-    /// Where each slot's id ends in `text`; it starts where the previous ends.
-    ends: Vec<u64>,
-    /// Slots, by linear probing.
-    buckets: Vec<u32>,
-    /// Per bucket: EMPTY, DELETED, or TAGGED with 7 bits of the id's hash so
-    /// that most probes settle without reading an id.
-    tags: Vec<u8>,
-    /// Buckets not EMPTY: deleted ones lengthen probes until a rehash.
-    used: usize,
-    hasher: RandomState,
-}
-
-const EMPTY: u8 = 0;
-const DELETED: u8 = 1;
-const TAGGED: u8 = 0x80;
-
-impl Ids {
-    fn get(&self, slot: u32) -> &str {
-        let slot = slot as usize;
-        let start = if slot == 0 { 0 } else { self.ends[slot - 1] as usize };
-        &self.text[start..self.ends[slot] as usize]
-    }
-
-    fn push(&mut self, id: &str) {
-        self.text.push_str(id);
-        self.ends.push(self.text.len() as u64);
-    }
-
-    /// From the low bits: the high ones pick the bucket, so neighbours
-    /// share them.
-    fn tag(hash: u64) -> u8 {
-        TAGGED | (hash & 0x7f) as u8
-    }
-
-    /// A table of any length, not only powers of two, so it can stay
-    /// between half and 7/8 full: a bucket is 5 bytes.
-    fn home(&self, hash: u64) -> usize {
-        ((u128::from(hash) * self.buckets.len() as u128) >> 64) as usize
-    }
-
-    fn after(&self, b: usize) -> usize {
-        if b + 1 == self.buckets.len() { 0 } else { b + 1 }
-    }
-
-    fn find(&self, id: &str) -> Option<usize> {
-        if self.buckets.is_empty() {
-            return None;
-        }
-        let hash = self.hasher.hash_one(id);
-        let (tag, mut b) = (Self::tag(hash), self.home(hash));
-        loop {
-            match self.tags[b] {
-                EMPTY => return None,
-                t if t == tag && self.get(self.buckets[b]) == id => return Some(b),
-                _ => b = self.after(b),
-            }
-        }
-    }
-
-    /// Unmaps `id`, returning its slot.
-    fn take(&mut self, id: &str) -> Option<u32> {
-        let b = self.find(id)?;
-        self.tags[b] = DELETED;
-        Some(self.buckets[b])
-    }
-
-    /// Maps the id of `slot`, which must not be mapped yet; `live` counts
-    /// the ids mapped after this one.
-    fn map(&mut self, slot: u32, live: usize) {
-        if (self.used + 1) * 8 > self.buckets.len() * 7 {
-            self.rehash(live);
-        }
-        let hash = self.hasher.hash_one(self.get(slot));
-        let mut b = self.home(hash);
-        while self.tags[b] >= TAGGED {
-            b = self.after(b);
-        }
-        self.used += usize::from(self.tags[b] == EMPTY);
-        self.tags[b] = Self::tag(hash);
-        self.buckets[b] = slot;
-    }
-
-    /// Room for `live` ids half full, so the table grows or sheds its
-    /// deleted buckets well before probes get long.
-    fn rehash(&mut self, live: usize) {
-        let len = (live * 2).max(16);
-        let old = std::mem::replace(&mut self.buckets, vec![0; len]);
-        let tags = std::mem::replace(&mut self.tags, vec![EMPTY; len]);
-        self.used = 0;
-        for (slot, _) in old.into_iter().zip(tags).filter(|(_, t)| *t >= TAGGED) {
-            self.map(slot, live);
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.text.capacity() + 8 * self.ends.capacity() + 4 * self.buckets.capacity() + self.tags.capacity()
-    }
 }
 
 /// Posting lists, one per chunk and value of the chunk's top `bits` bits
@@ -443,16 +340,6 @@ fn count(list: &[u32], start: usize, end: u32, times: u8, counts: &mut [u8], rea
     taken
 }
 
-/// Makes room for `more` elements, growing by at least an eighth: growing
-/// by exactly what each merge needs reallocated every array each time, and
-/// the holes left in the heap cost a third more resident memory.
-fn room_for<T>(vec: &mut Vec<T>, more: usize) {
-    if vec.capacity() < vec.len() + more {
-        let target = (vec.len() + more).max(vec.capacity() + vec.capacity() / 8);
-        vec.reserve_exact(target - vec.len());
-    }
-}
-
 /// Bits of a chunk that key its lists: about four drawings per list.
 fn list_bits(live: usize) -> u32 {
     (live.max(1).ilog2().saturating_sub(2)).clamp(MIN_LIST_BITS, 16)
@@ -487,31 +374,45 @@ impl HashIndex {
         self.live == 0
     }
 
+    /// An empty index with room for `slots`, so that loading a library
+    /// does not grow its arrays an eighth at a time, plus the room
+    /// `reserve_fresh` keeps for the inserts after them.
+    pub fn with_capacity(slots: usize) -> HashIndex {
+        let slots = slots + FRESH_MIN.max(slots / FRESH_SHARE);
+        HashIndex {
+            codes: Vec::with_capacity(slots),
+            phashes: Vec::with_capacity(slots),
+            alive: Vec::with_capacity(slots.div_ceil(64)),
+            ..HashIndex::default()
+        }
+    }
+
     /// Heap bytes held, capacities included. A lookup allocates besides
     /// 32 KiB of counts and its candidates, and frees them.
     pub fn heap_bytes(&self) -> usize {
-        32 * (self.codes.capacity() + self.phashes.capacity())
-            + 8 * self.alive.capacity()
-            + self.ids.bytes()
-            + self.lists.bytes()
+        32 * (self.codes.capacity() + self.phashes.capacity()) + 8 * self.alive.capacity() + self.lists.bytes()
     }
 
-    pub fn insert(&mut self, drawing_id: &str, hashes: Hashes) {
-        self.remove(drawing_id);
-        let slot = self.push(drawing_id, &hashes);
-        self.ids.map(slot, self.live);
+    /// Appends the next slot, which lookups find if it has hashes; a
+    /// drawing without them still takes a slot, so that the owner's slots
+    /// and these stay one numbering.
+    pub fn push(&mut self, hashes: Option<Hashes>) -> u32 {
+        let slot = self.append(hashes);
         if self.lists.starts.is_empty() || list_bits(self.live) > self.lists.bits {
             // Freed first, so the old lists and the new never coexist.
             self.lists = Lists::default();
             self.lists = Lists::build(&self.codes, &self.alive, self.live);
             self.reserve_fresh();
-            return;
+            return slot;
         }
-        self.lists.add(slot, &hashes.dhash);
+        // Unlisted slots are chained too (lookups skip them as they skip
+        // removed ones), because a merge moves every slot from `flat_below`.
+        self.lists.add(slot, &self.codes[slot as usize]);
         if self.codes.len() - self.lists.flat_below as usize >= self.lists.room {
             self.lists.merge(&self.codes);
             self.reserve_fresh();
         }
+        slot
     }
 
     /// Room for the inserts until the next merge, so that per-slot arrays
@@ -522,27 +423,27 @@ impl HashIndex {
         room_for(&mut self.codes, room);
         room_for(&mut self.phashes, room);
         room_for(&mut self.alive, room / 64 + 1);
-        room_for(&mut self.ids.ends, room);
         room_for(&mut self.lists.next, room * CHUNKS);
-        let text = &mut self.ids.text;
-        let more = room * (text.len() / self.codes.len().max(1) + 1);
-        if text.capacity() < text.len() + more {
-            text.reserve_exact(more.max(text.capacity() / 8));
-        }
     }
 
-    /// Appends a live slot, unmapped and unlisted.
-    fn push(&mut self, drawing_id: &str, hashes: &Hashes) -> u32 {
+    /// Appends a slot, alive if it has hashes, and unlisted.
+    fn append(&mut self, hashes: Option<Hashes>) -> u32 {
         let slot = self.codes.len();
         assert!(slot < NONE as usize, "an index holds fewer than 2^32 - 1 slots");
         if slot.is_multiple_of(64) {
             self.alive.push(0);
         }
-        self.alive[slot / 64] |= 1 << (slot % 64);
-        self.codes.push(hashes.dhash);
-        self.phashes.push(hashes.phash);
-        self.ids.push(drawing_id);
-        self.live += 1;
+        let none = Hashes {
+            dhash: [0; 4],
+            phash: [0; 4],
+        };
+        let Hashes { dhash, phash } = hashes.unwrap_or(none);
+        self.codes.push(dhash);
+        self.phashes.push(phash);
+        if hashes.is_some() {
+            self.alive[slot / 64] |= 1 << (slot % 64);
+            self.live += 1;
+        }
         slot as u32
     }
 
@@ -550,40 +451,36 @@ impl HashIndex {
         self.alive[slot / 64] >> (slot % 64) & 1 == 1
     }
 
-    /// Tombstones the slot; the index is compacted when a quarter of the
-    /// slots are dead, so a delete stays O(1) amortised.
-    pub fn remove(&mut self, drawing_id: &str) -> bool {
-        let Some(slot) = self.ids.take(drawing_id) else {
+    /// Unlists the slot, at once for every lookup; false if it was not
+    /// listed. Its postings stay until the owner compacts.
+    pub fn remove(&mut self, slot: u32) -> bool {
+        let slot = slot as usize;
+        if slot >= self.codes.len() || !self.is_alive(slot) {
             return false;
-        };
-        self.alive[slot as usize / 64] &= !(1 << (slot % 64));
-        self.live -= 1;
-        if (self.codes.len() - self.live) * 4 > self.codes.len() {
-            self.compact();
         }
+        self.alive[slot / 64] &= !(1 << (slot % 64));
+        self.live -= 1;
         true
     }
 
-    /// Renumbers the live slots from 0 and rebuilds everything keyed by slot.
-    fn compact(&mut self) {
+    /// Keeps the `kept` slots, renumbered from 0 in that order, and
+    /// rebuilds the lists: the owner compacts its own arrays alike.
+    pub fn retain(&mut self, kept: &[u32]) {
         let old = std::mem::take(self);
-        if old.live == 0 {
+        if kept.is_empty() {
             return;
         }
-        self.codes.reserve_exact(old.live);
-        self.phashes.reserve_exact(old.live);
-        self.ids.ends.reserve_exact(old.live);
-        for slot in (0..old.codes.len()).filter(|&s| old.is_alive(s)) {
-            let hashes = Hashes {
+        self.codes.reserve_exact(kept.len());
+        self.phashes.reserve_exact(kept.len());
+        for &slot in kept {
+            let slot = slot as usize;
+            let hashes = old.is_alive(slot).then(|| Hashes {
                 dhash: old.codes[slot],
                 phash: old.phashes[slot],
-            };
-            self.push(old.ids.get(slot as u32), &hashes);
+            });
+            self.append(hashes);
         }
-        self.ids.rehash(self.live);
-        for slot in 0..self.live as u32 {
-            self.ids.map(slot, self.live);
-        }
+        drop(old);
         self.lists = Lists::build(&self.codes, &self.alive, self.live);
         self.reserve_fresh();
     }
@@ -732,20 +629,23 @@ impl HashIndex {
         })
     }
 
-    /// The `k` closest drawings by [`rank`], each in its best orientation:
-    /// a full scan up to SCAN_LIMIT drawings, MIH lookups beyond.
+    /// The `k` closest drawings by [`rank`] and any that tie with the k-th,
+    /// closest first, each in its best orientation: the owner, who knows
+    /// the ids, breaks the ties. A full scan up to SCAN_LIMIT drawings, MIH
+    /// lookups beyond.
     pub fn shortlist(&self, probes: &[(Orientation, Hashes)], k: usize) -> (Vec<Candidate>, &'static str) {
         let (mut found, method) = if self.len() <= SCAN_LIMIT {
             (self.scan_ranked(probes), "scan")
         } else {
             (self.candidates(probes, SHORTLIST_RADIUS), "mih")
         };
-        found.sort_by(|a, b| {
-            (rank(a.dhash_distance, a.phash_distance), a.dhash_distance)
-                .cmp(&(rank(b.dhash_distance, b.phash_distance), b.dhash_distance))
-                .then_with(|| a.drawing_id.cmp(&b.drawing_id))
-        });
-        found.truncate(k);
+        let closeness = |c: &Candidate| (rank(c.dhash_distance, c.phash_distance), c.dhash_distance);
+        found.sort_by_key(closeness);
+        let keep = match k.checked_sub(1).and_then(|last| found.get(last)) {
+            Some(kth) => found.partition_point(|c| closeness(c) <= closeness(kth)),
+            None => k.min(found.len()),
+        };
+        found.truncate(keep);
         (found, method)
     }
 
@@ -757,21 +657,18 @@ impl HashIndex {
         }))
     }
 
-    /// Closest first; ties by pHash distance, then id, so answers are stable.
+    /// Closest first; ties by pHash distance, then slot, so answers are
+    /// stable.
     fn ranked(&self, found: impl Iterator<Item = (u32, u32, u32, Orientation)>) -> Vec<Candidate> {
         let mut found: Vec<Candidate> = found
             .map(|(slot, d, p, orientation)| Candidate {
-                drawing_id: self.ids.get(slot).to_string(),
+                slot,
                 orientation,
                 dhash_distance: d,
                 phash_distance: p,
             })
             .collect();
-        found.sort_by(|a, b| {
-            (a.dhash_distance, a.phash_distance)
-                .cmp(&(b.dhash_distance, b.phash_distance))
-                .then_with(|| a.drawing_id.cmp(&b.drawing_id))
-        });
+        found.sort_unstable_by_key(|c| (c.dhash_distance, c.phash_distance, c.slot));
         found
     }
 }
@@ -811,6 +708,43 @@ mod tests {
         Hashes { dhash, phash: [0; 4] }
     }
 
+    /// What `index::Index` does around a HashIndex: names drawings by
+    /// slot, and compacts once a quarter of the slots are dead.
+    #[derive(Default)]
+    struct Named {
+        index: HashIndex,
+        slots: std::collections::HashMap<String, u32>,
+    }
+
+    impl Named {
+        fn insert(&mut self, name: &str, code: Hash256) {
+            self.remove(name);
+            let slot = self.index.push(Some(hashes(code)));
+            self.slots.insert(name.to_string(), slot);
+        }
+
+        fn remove(&mut self, name: &str) -> bool {
+            let Some(slot) = self.slots.remove(name) else {
+                return false;
+            };
+            assert!(self.index.remove(slot));
+            let slots = self.index.codes.len();
+            if (slots - self.index.live) * 4 > slots {
+                let mut live: Vec<(u32, String)> = self.slots.drain().map(|(n, s)| (s, n)).collect();
+                live.sort_unstable();
+                let kept: Vec<u32> = live.iter().map(|(s, _)| *s).collect();
+                self.index.retain(&kept);
+                self.slots = live.into_iter().enumerate().map(|(i, (_, n))| (n, i as u32)).collect();
+            }
+            true
+        }
+
+        fn named(&self, found: &[Candidate]) -> Vec<&str> {
+            let name = |slot| self.slots.iter().find(|(_, s)| **s == slot).map(|(n, _)| n.as_str());
+            found.iter().map(|c| name(c.slot).unwrap()).collect()
+        }
+    }
+
     #[test]
     fn lookups_find_exactly_what_a_scan_finds() {
         let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -819,7 +753,7 @@ mod tests {
         for i in 0..5000 {
             let base = anchors[i % anchors.len()];
             let code = rng.flip(&base, (i % 40) as u32);
-            index.insert(&format!("d{i}"), hashes(code));
+            index.push(Some(hashes(code)));
         }
         for radius in [0, 4, 8, 12, 15] {
             for anchor in anchors.iter().take(10) {
@@ -836,7 +770,7 @@ mod tests {
         let mut rng = Rng(7);
         let stored = rng.hash();
         let mut index = HashIndex::default();
-        index.insert("a", hashes(stored));
+        index.push(Some(hashes(stored)));
         let turned = Orientation {
             quarter_turns: 1,
             mirrored: false,
@@ -853,30 +787,67 @@ mod tests {
     #[test]
     fn removed_and_replaced_drawings_are_gone_and_compaction_keeps_the_rest() {
         let mut rng = Rng(11);
-        let mut index = HashIndex::default();
+        let mut named = Named::default();
         let codes: Vec<Hash256> = (0..100).map(|_| rng.hash()).collect();
         for (i, code) in codes.iter().enumerate() {
-            index.insert(&format!("d{i}"), hashes(*code));
+            named.insert(&format!("d{i}"), *code);
         }
         for i in 0..60 {
-            assert!(index.remove(&format!("d{i}")));
+            assert!(named.remove(&format!("d{i}")));
         }
-        assert!(!index.remove("d0"));
-        assert_eq!(index.len(), 40);
+        assert!(!named.remove("d0"));
+        assert!(!named.index.remove(99), "a compaction renumbered the slots");
+        assert_eq!(named.index.len(), 40);
         for (i, code) in codes.iter().enumerate() {
-            let found = index.candidates(&[(Orientation::IDENTITY, hashes(*code))], 0);
+            let found = named.index.candidates(&[(Orientation::IDENTITY, hashes(*code))], 0);
             assert_eq!(found.len(), usize::from(i >= 60), "d{i}");
         }
-        index.insert("d99", hashes(codes[0]));
+        named.insert("d99", codes[0]);
         assert!(
-            index
+            named
+                .index
                 .candidates(&[(Orientation::IDENTITY, hashes(codes[99]))], 0)
                 .is_empty()
         );
-        assert_eq!(
-            index.candidates(&[(Orientation::IDENTITY, hashes(codes[0]))], 0)[0].drawing_id,
-            "d99"
-        );
+        let found = named.index.candidates(&[(Orientation::IDENTITY, hashes(codes[0]))], 0);
+        assert_eq!(named.named(&found), ["d99"]);
+    }
+
+    #[test]
+    fn slots_without_hashes_are_never_found_and_keep_the_numbering() {
+        let mut rng = Rng(13);
+        let mut index = HashIndex::default();
+        let codes: Vec<Hash256> = (0..3000).map(|_| rng.hash()).collect();
+        for (i, code) in codes.iter().enumerate() {
+            let hashes = (i % 3 != 0).then(|| hashes(*code));
+            assert_eq!(index.push(hashes), i as u32);
+        }
+        assert_eq!(index.len(), 2000);
+        let blank = [(Orientation::IDENTITY, hashes([0; 4]))];
+        assert!(index.candidates(&blank, 15).is_empty());
+        assert_eq!(index.shortlist(&blank, 5000).0.len(), 2000);
+        assert!(!index.remove(3) && index.remove(4));
+        let kept: Vec<u32> = (3..3000).filter(|&s| s != 4).collect();
+        index.retain(&kept);
+        assert_eq!(index.len(), 1997);
+        for (slot, &old) in kept.iter().enumerate() {
+            let found = index.candidates(&[(Orientation::IDENTITY, hashes(codes[old as usize]))], 0);
+            let expected: &[u32] = if old % 3 == 0 { &[] } else { &[slot as u32] };
+            assert_eq!(found.iter().map(|c| c.slot).collect::<Vec<_>>(), expected);
+        }
+    }
+
+    #[test]
+    fn a_shortlist_keeps_the_ties_of_its_last_place() {
+        let mut index = HashIndex::default();
+        for _ in 0..5 {
+            index.push(Some(hashes([1, 0, 0, 0])));
+        }
+        index.push(Some(hashes([0; 4])));
+        let probe = [(Orientation::IDENTITY, hashes([0; 4]))];
+        assert_eq!(index.shortlist(&probe, 1).0.len(), 1);
+        assert_eq!(index.shortlist(&probe, 2).0.len(), 6);
+        assert_eq!(index.shortlist(&probe, 0).0.len(), 0);
     }
 
     #[test]
@@ -916,21 +887,22 @@ mod tests {
             quarter_turns: 1,
             mirrored: false,
         };
-        let mut index = HashIndex::default();
+        let mut named = Named::default();
         let mut reads = std::collections::HashSet::new();
         let mut chained = false;
         for round in 0..4 {
             for i in round * 3000..(round + 1) * 3000 {
                 let code = skewed(&mut rng, &anchors, i);
-                index.insert(&format!("d{i}"), hashes(code));
+                named.insert(&format!("d{i}"), code);
             }
             for i in (round * 3000..(round + 1) * 3000).step_by(5) {
-                assert!(index.remove(&format!("d{i}")));
+                assert!(named.remove(&format!("d{i}")));
             }
             for i in (0..(round + 1) * 3000).skip(1).step_by(11) {
                 let code = skewed(&mut rng, &anchors, i + 1);
-                index.insert(&format!("d{i}"), hashes(code));
+                named.insert(&format!("d{i}"), code);
             }
+            let index = &named.index;
             chained |= index.codes.len() > index.lists.flat_below as usize;
             let probes = anchors
                 .iter()
@@ -961,7 +933,7 @@ mod tests {
         assert!(reads.iter().any(|r| matches!(r, Read::Counted(_))), "{reads:?}");
         // Every fifth was removed, and every eleventh from d1 inserted again.
         let live = (0..12_000).filter(|i| i % 5 != 0 || i % 11 == 1).count();
-        assert_eq!(index.len(), live);
+        assert_eq!(named.index.len(), live);
     }
 
     #[test]
@@ -972,7 +944,7 @@ mod tests {
         let mut merges = 0;
         for i in 0..20_000 {
             let before = index.lists.flat_below;
-            index.insert(&format!("d{i}"), hashes(skewed(&mut rng, &anchors, i)));
+            index.push(Some(hashes(skewed(&mut rng, &anchors, i))));
             merges += usize::from(index.lists.flat_below > before && index.lists.bits == list_bits(index.live));
         }
         assert!(merges > 3 && index.codes.len() > index.lists.flat_below as usize);
@@ -987,12 +959,12 @@ mod tests {
     }
 
     #[test]
-    fn removal_is_visible_at_once_from_flat_lists_chains_and_ids() {
+    fn removal_is_visible_at_once_from_flat_lists_and_chains() {
         let mut rng = Rng(21);
         let mut index = HashIndex::default();
         let codes: Vec<Hash256> = (0..5000).map(|_| rng.hash()).collect();
-        for (i, code) in codes.iter().enumerate() {
-            index.insert(&format!("d{i}"), hashes(*code));
+        for code in &codes {
+            index.push(Some(hashes(*code)));
         }
         let flat_below = index.lists.flat_below as usize;
         assert!(
@@ -1002,33 +974,12 @@ mod tests {
         for i in [0, flat_below - 1, flat_below, codes.len() - 1] {
             let probe = [(Orientation::IDENTITY, hashes(codes[i]))];
             assert_eq!(index.candidates(&probe, 0).len(), 1);
-            assert!(index.remove(&format!("d{i}")));
-            assert!(!index.remove(&format!("d{i}")));
+            assert!(index.remove(i as u32));
+            assert!(!index.remove(i as u32));
             assert!(index.candidates(&probe, 15).is_empty(), "d{i}");
-            index.insert(&format!("again{i}"), hashes(codes[i]));
-            assert_eq!(index.candidates(&probe, 0)[0].drawing_id, format!("again{i}"));
+            let again = index.push(Some(hashes(codes[i])));
+            assert_eq!(index.candidates(&probe, 0)[0].slot, again);
         }
         assert_eq!(index.len(), codes.len());
-    }
-
-    #[test]
-    fn ids_survive_rehashes_of_deleted_buckets() {
-        let mut index = HashIndex::default();
-        let code = |i: usize| [i as u64, !(i as u64), (i as u64).rotate_left(17), 7];
-        for i in 0..3000 {
-            index.insert(&format!("x{i}"), hashes(code(i)));
-        }
-        // Remove and insert under new ids so deleted buckets pile up, but
-        // fewer than a quarter of the slots die between compactions.
-        for i in 0..3000 {
-            assert!(index.remove(&format!("x{i}")));
-            index.insert(&format!("y{i}"), hashes(code(i)));
-            assert_eq!(index.len(), 3000);
-        }
-        for i in 0..3000 {
-            assert!(!index.remove(&format!("x{i}")));
-            let probe = [(Orientation::IDENTITY, hashes(code(i)))];
-            assert_eq!(index.candidates(&probe, 0)[0].drawing_id, format!("y{i}"));
-        }
     }
 }

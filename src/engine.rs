@@ -354,7 +354,7 @@ fn ink_features(
     let ink = InkFeatures {
         dhash: trimmed.dhash,
         phash: trimmed.phash,
-        page_dhash: prepared.page.hashes().dhash,
+        page_dhash: prepared.page.dhash(),
         aspect: prepared.ink_aspect,
         extent: f64::from(prepared.ink_extent) * extent_scale,
     };

@@ -142,11 +142,7 @@ impl Thumbnail {
 
 /// INK_SHARE of the 90th percentile of the inked cells' darkness.
 pub(crate) fn ink_threshold(ink: &Ink) -> f32 {
-    let side = ink.side();
-    let mut inked: Vec<f32> = (0..side * side)
-        .map(|i| ink.at(i % side, i / side))
-        .filter(|&d| d > 0.0)
-        .collect();
+    let mut inked: Vec<f32> = ink.cells().iter().copied().filter(|&d| d > 0.0).collect();
     if inked.is_empty() {
         return INK_CEILING;
     }

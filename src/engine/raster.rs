@@ -203,21 +203,49 @@ pub fn darkness(image: &DynamicImage) -> Darkness {
     Darkness { w, h, cells, total }
 }
 
-fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
+pub(crate) fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(image.width() as usize * image.height() as usize);
     // Matching the common layouts avoids converting a whole page first.
-    match image {
-        DynamicImage::ImageLuma8(img) => img.as_raw().clone(),
-        DynamicImage::ImageLumaA8(img) => img.as_raw().chunks_exact(2).map(|p| over_white(p[0], p[1])).collect(),
-        DynamicImage::ImageRgb8(img) => img.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
-        DynamicImage::ImageRgba8(img) => rgba_luma_over_white(img.as_raw()),
-        other => other.to_rgba8().as_raw().chunks_exact(4).map(rgba_over_white).collect(),
+    let layout = match image {
+        DynamicImage::ImageLuma8(_) => Layout::Luma,
+        DynamicImage::ImageLumaA8(_) => Layout::LumaAlpha,
+        DynamicImage::ImageRgb8(_) => Layout::Rgb,
+        DynamicImage::ImageRgba8(_) => Layout::Rgba,
+        other => {
+            Layout::Rgba.luma_over_white(other.to_rgba8().as_raw(), &mut out);
+            return out;
+        }
+    };
+    layout.luma_over_white(image.as_bytes(), &mut out);
+    out
+}
+
+/// Layouts of 8-bit samples whose luma is read as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Luma,
+    LumaAlpha,
+    Rgb,
+    Rgba,
+}
+
+impl Layout {
+    /// Appends the luma over white paper of `pixels`, whole pixels in this
+    /// layout: a page at once or a row at a time give the same bytes.
+    pub(crate) fn luma_over_white(self, pixels: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Layout::Luma => out.extend_from_slice(pixels),
+            Layout::LumaAlpha => out.extend(pixels.chunks_exact(2).map(|p| over_white(p[0], p[1]))),
+            Layout::Rgb => out.extend(pixels.chunks_exact(3).map(|p| luma(p[0], p[1], p[2]))),
+            Layout::Rgba => rgba_luma_over_white(pixels, out),
+        }
     }
 }
 
 /// Most of a drawing is white paper, whatever its alpha: a run of sixteen
 /// such pixels skips the arithmetic, whose result for them is 255 anyway.
-fn rgba_luma_over_white(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() / 4);
+fn rgba_luma_over_white(raw: &[u8], out: &mut Vec<u8>) {
+    out.reserve(raw.len() / 4);
     let mut blocks = raw.chunks_exact(64);
     for block in &mut blocks {
         let white = block
@@ -230,7 +258,6 @@ fn rgba_luma_over_white(raw: &[u8]) -> Vec<u8> {
         }
     }
     out.extend(blocks.remainder().chunks_exact(4).map(rgba_over_white));
-    out
 }
 
 fn rgba_over_white(p: &[u8]) -> u8 {
@@ -849,7 +876,9 @@ mod tests {
             .flat_map(|(i, &l)| [l, l, l.wrapping_mul(3), alphas[i % 4]])
             .collect();
         let one_by_one: Vec<u8> = rgba.chunks_exact(4).map(rgba_over_white).collect();
-        assert_eq!(rgba_luma_over_white(&rgba), one_by_one);
+        let mut blocks = Vec::new();
+        rgba_luma_over_white(&rgba, &mut blocks);
+        assert_eq!(blocks, one_by_one);
 
         let darkness: Vec<u8> = luma.iter().map(|&l| 255 - l).collect();
         for row in darkness.chunks(997) {

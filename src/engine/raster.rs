@@ -245,19 +245,27 @@ impl Layout {
 /// Most of a drawing is white paper, whatever its alpha: a run of sixteen
 /// such pixels skips the arithmetic, whose result for them is 255 anyway.
 fn rgba_luma_over_white(raw: &[u8], out: &mut Vec<u8>) {
+    // Alpha bytes set, so that only the colour decides.
+    const ANY_ALPHA: [u8; 64] = {
+        let mut mask = [0; 64];
+        let mut i = 3;
+        while i < 64 {
+            mask[i] = 255;
+            i += 4;
+        }
+        mask
+    };
     out.reserve(raw.len() / 4);
-    let mut blocks = raw.chunks_exact(64);
-    for block in &mut blocks {
-        let white = block
-            .chunks_exact(4)
-            .fold(u32::MAX, |all, p| all & (u32::from_le_bytes([p[0], p[1], p[2], 255])));
-        if white == u32::MAX {
+    let (blocks, rest) = raw.as_chunks::<64>();
+    for block in blocks {
+        let white = block.iter().zip(&ANY_ALPHA).fold(255, |all, (&b, &m)| all & (b | m));
+        if white == 255 {
             out.extend_from_slice(&[255; 16]);
         } else {
             out.extend(block.chunks_exact(4).map(rgba_over_white));
         }
     }
-    out.extend(blocks.remainder().chunks_exact(4).map(rgba_over_white));
+    out.extend(rest.chunks_exact(4).map(rgba_over_white));
 }
 
 fn rgba_over_white(p: &[u8]) -> u8 {
@@ -527,7 +535,14 @@ fn last_ink(row: &[u8]) -> Option<usize> {
 }
 
 fn has_ink(block: &[u8]) -> bool {
-    block.iter().fold(0, |darkest, &d| darkest.max(d)) > BBOX_INK
+    darkest(block) > BBOX_INK
+}
+
+/// The largest byte, sixteen at a time where it can.
+fn darkest(block: &[u8]) -> u8 {
+    let (words, rest) = block.as_chunks::<16>();
+    let of = |bytes: &[u8]| bytes.iter().fold(0, |darkest, &d| darkest.max(d));
+    words.iter().map(|w| of(w)).fold(of(rest), u8::max)
 }
 
 /// Adds a row of pixels to the cells their columns fall in. Most of a
@@ -535,7 +550,7 @@ fn has_ink(block: &[u8]) -> bool {
 /// test instead of a test per pixel.
 fn add_row(row: &[u8], column_of: &[Option<usize>], out: &mut [u32]) {
     for (block, columns) in row.chunks(BLOCK).zip(column_of.chunks(BLOCK)) {
-        if block.iter().fold(0, |any, &d| any | d) == 0 {
+        if darkest(block) == 0 {
             continue;
         }
         for (&d, column) in block.iter().zip(columns) {

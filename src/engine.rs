@@ -788,6 +788,219 @@ mod tests {
         );
     }
 
+    /// Black lines on white, no grey: what a bilevel scan holds exactly.
+    /// `variant` 0 is the drawing; 1 and 2 are other drawings.
+    fn line_drawing(variant: u32) -> GrayImage {
+        let mut image = GrayImage::from_pixel(400, 300, image::Luma([255]));
+        let mut ink = |x: f32, y: f32| {
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                image.put_pixel(x as u32 + dx, y as u32 + dy, image::Luma([0]));
+            }
+        };
+        for t in 0..=600 {
+            let t = t as f32 / 600.0;
+            ink(40.0 + 320.0 * t, 40.0);
+            ink(40.0 + 320.0 * t, 258.0);
+            ink(40.0, 40.0 + 218.0 * t);
+            ink(358.0, 40.0 + 218.0 * t);
+            let angle = t * std::f32::consts::TAU;
+            match variant {
+                0 => {
+                    ink(40.0 + 200.0 * t, 40.0 + 218.0 * t);
+                    ink(250.0 + 50.0 * angle.cos(), 120.0 + 50.0 * angle.sin());
+                }
+                1 => ink(200.0 + 100.0 * angle.cos(), 150.0 + 80.0 * angle.sin()),
+                _ => {
+                    ink(40.0 + 318.0 * t, 149.0);
+                    ink(100.0 + 30.0 * angle.cos(), 220.0 + 20.0 * angle.sin());
+                }
+            }
+        }
+        image
+    }
+
+    fn encoded(image: &GrayImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        let page = match format {
+            // The GIF encoder takes colour only.
+            image::ImageFormat::Gif => DynamicImage::ImageRgba8(DynamicImage::ImageLuma8(image.clone()).to_rgba8()),
+            _ => DynamicImage::ImageLuma8(image.clone()),
+        };
+        page.write_to(&mut std::io::Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    /// A little-endian baseline TIFF of one bilevel strip: rows of bits
+    /// packed from the left (`compression` 1) or CCITT Group 4 (4).
+    /// `photometric` 0 is WhiteIsZero (a set bit is black), 1 BlackIsZero.
+    fn bilevel_tiff(image: &GrayImage, compression: u16, photometric: u16, strip: &[u8]) -> Vec<u8> {
+        const ENTRIES: u32 = 9;
+        let strip_offset = 8 + 2 + 12 * ENTRIES + 4;
+        let (w, h) = image.dimensions();
+        let entries: [(u16, u16, u32); ENTRIES as usize] = [
+            (256, 4, w),                  // ImageWidth, LONG
+            (257, 4, h),                  // ImageLength
+            (258, 3, 1),                  // BitsPerSample, SHORT
+            (259, 3, compression.into()), // Compression
+            (262, 3, photometric.into()), // PhotometricInterpretation
+            (273, 4, strip_offset),       // StripOffsets
+            (277, 3, 1),                  // SamplesPerPixel
+            (278, 4, h),                  // RowsPerStrip
+            (279, 4, strip.len() as u32), // StripByteCounts
+        ];
+        let mut out = b"II*\0".to_vec();
+        out.extend(8u32.to_le_bytes());
+        out.extend((ENTRIES as u16).to_le_bytes());
+        for (tag, kind, value) in entries {
+            out.extend(tag.to_le_bytes());
+            out.extend(kind.to_le_bytes());
+            out.extend(1u32.to_le_bytes());
+            // One value fits in the entry, left-justified: for a SHORT in
+            // a little-endian file that is the low bytes of the u32.
+            out.extend(value.to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend_from_slice(strip);
+        out
+    }
+
+    /// Rows of one bit a pixel, set where `set(luma)`, padded to bytes.
+    fn packed_bits(image: &GrayImage, set: impl Fn(u8) -> bool) -> Vec<u8> {
+        image
+            .rows()
+            .flat_map(|row| {
+                let bits: Vec<bool> = row.map(|p| set(p.0[0])).collect();
+                bits.chunks(8)
+                    .map(|byte| {
+                        byte.iter()
+                            .enumerate()
+                            .fold(0u8, |b, (i, &on)| b | u8::from(on) << (7 - i))
+                    })
+                    .collect::<Vec<u8>>()
+            })
+            .collect()
+    }
+
+    /// CCITT Group 4 as fax machines and scanners write it: black runs are
+    /// ink.
+    fn group4(image: &GrayImage) -> Vec<u8> {
+        let mut encoder = fax::encoder::Encoder::new(fax::VecWriter::new());
+        for row in image.rows() {
+            let pels = row.map(|p| {
+                if p.0[0] < 128 {
+                    fax::Color::Black
+                } else {
+                    fax::Color::White
+                }
+            });
+            encoder.encode_line(pels, image.width() as u16).unwrap();
+        }
+        encoder.finish().unwrap().finish()
+    }
+
+    /// The library's answer to a query of `bytes`: the original drawing as
+    /// a PNG, and two other drawings.
+    fn search_library(bytes: &[u8]) -> SearchResult {
+        let mut index = Index::default();
+        let mut thumbnails = std::collections::HashMap::new();
+        for variant in 0..3 {
+            let id = format!("drawing-{variant}");
+            let print = fingerprint(
+                &encoded(&line_drawing(variant), image::ImageFormat::Png),
+                Limits::default(),
+            )
+            .unwrap();
+            thumbnails.insert(id.clone(), print.thumbnail.unwrap());
+            index.insert(Entry {
+                drawing_id: id,
+                file_name: format!("drawing-{variant}.png"),
+                features: print.features,
+            });
+        }
+        let query = query(bytes, Limits::default()).unwrap();
+        let mut search = Search::new(&index, &query.fingerprint, &query.probes, &SearchParams::default());
+        if !search.wants_thumbnails().is_empty() {
+            search.verify(&thumbnails);
+        }
+        search.finish(0.0)
+    }
+
+    /// The raster formats the issue lists, each written from the same
+    /// drawing, are read and found as duplicates of its PNG; the lossless
+    /// ones decode to exactly its pixels.
+    #[test]
+    fn every_raster_format_finds_the_png_original() {
+        use image::ImageFormat as F;
+        let drawing = line_drawing(0);
+        let cases: Vec<(&str, Vec<u8>, Format, bool)> = vec![
+            ("PNG", encoded(&drawing, F::Png), Format::Png, true),
+            ("JPEG", encoded(&drawing, F::Jpeg), Format::Jpeg, false),
+            ("TIFF, 8-bit grey", encoded(&drawing, F::Tiff), Format::Tiff, true),
+            (
+                "TIFF, 1-bit, BlackIsZero",
+                bilevel_tiff(&drawing, 1, 1, &packed_bits(&drawing, |l| l >= 128)),
+                Format::Tiff,
+                true,
+            ),
+            (
+                "TIFF, 1-bit, WhiteIsZero",
+                bilevel_tiff(&drawing, 1, 0, &packed_bits(&drawing, |l| l < 128)),
+                Format::Tiff,
+                true,
+            ),
+            (
+                "TIFF, CCITT Group 4",
+                bilevel_tiff(&drawing, 4, 0, &group4(&drawing)),
+                Format::Tiff,
+                true,
+            ),
+            ("BMP", encoded(&drawing, F::Bmp), Format::Bmp, true),
+            ("WebP, lossless", encoded(&drawing, F::WebP), Format::Webp, true),
+            ("GIF", encoded(&drawing, F::Gif), Format::Gif, true),
+        ];
+        for (name, bytes, format, lossless) in cases {
+            let features = inspect(&bytes, Limits::default()).unwrap();
+            assert_eq!(
+                (features.format, features.width, features.height),
+                (format, Some(400), Some(300)),
+                "{name}"
+            );
+            if lossless {
+                let pixels = pixels(&bytes, format, Limits::default()).unwrap();
+                assert!(pixels.to_luma8() == drawing, "{name}: decoded pixels differ");
+            }
+            let result = search_library(&bytes);
+            let found: Vec<_> = result
+                .duplicates
+                .iter()
+                .map(|m| (m.drawing_id.as_str(), m.verdict))
+                .collect();
+            assert_eq!(found, [("drawing-0", Verdict::Duplicate)], "{name}: {result:?}");
+        }
+        // The tiff crate decodes CCITT Group 4 but not Group 3 (1-D fax):
+        // such a scan is refused as unreadable (415), with the decoder's reason.
+        let group3 = bilevel_tiff(&drawing, 3, 0, &[0; 64]);
+        let error = fingerprint(&group3, Limits::default()).err().unwrap();
+        assert!(
+            matches!(&error, EngineError::Unreadable(m) if m.starts_with("cannot decode the TIFF image")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_dwg_is_refused_with_the_formats_that_are_read() {
+        let error = fingerprint(b"AC1032\0\0\0\0\0\0garbage", Limits::default())
+            .err()
+            .unwrap();
+        let EngineError::Unsupported(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.starts_with("DWG files are not read"), "{message}");
+        for format in ["DXF", "PNG", "JPEG", "TIFF", "BMP", "WebP", "GIF"] {
+            assert!(message.contains(format), "{format} missing from: {message}");
+        }
+    }
+
     #[test]
     fn verdict_follows_thresholds() {
         let p = SearchParams {

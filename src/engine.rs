@@ -8,7 +8,7 @@
 //! drawings with difference boxes ([`fine`]). [`index::Search`] runs them in
 //! steps so the caller can fetch what a step needs in between.
 
-use image::DynamicImage;
+use image::{DynamicImage, GrayImage};
 use serde::{Deserialize, Serialize};
 
 pub mod fine;
@@ -21,7 +21,7 @@ mod slots;
 pub mod verify;
 
 pub use index::{Details, Index, Search, Transform};
-use raster::{Hash256, Hashes, Ink, Orientation};
+use raster::{Hash256, Hashes, Ink, Layout, Orientation};
 use render::RenderOptions;
 use verify::Thumbnail;
 
@@ -331,7 +331,7 @@ fn read(bytes: &[u8], limits: Limits) -> Result<(Features, DynamicImage, f64), E
             let inner = f64::from(DXF_RENDER_SIZE) * (1.0 - 2.0 * options.margin);
             (DynamicImage::ImageLuma8(image), (x1 - x0).max(y1 - y0) / inner)
         }
-        format => (decode(bytes, format, limits)?, 1.0),
+        format => (pixels(bytes, format, limits)?, 1.0),
     };
     Ok((features, image, extent_scale))
 }
@@ -355,7 +355,7 @@ fn ink_features(
     let ink = InkFeatures {
         dhash: trimmed.dhash,
         phash: trimmed.phash,
-        page_dhash: prepared.page.hashes().dhash,
+        page_dhash: prepared.page.dhash(),
         aspect: prepared.ink_aspect,
         extent: f64::from(prepared.ink_extent) * extent_scale,
     };
@@ -370,8 +370,52 @@ fn render_error(e: render::RenderError) -> EngineError {
     EngineError::Unreadable(e.to_string())
 }
 
+/// A raster as the features read it: [`png_luma`] for most PNGs, what the
+/// image crate decodes for the rest.
+pub(crate) fn pixels(bytes: &[u8], format: Format, limits: Limits) -> Result<DynamicImage, EngineError> {
+    if format == Format::Png
+        && let Some(luma) = png_luma(bytes, limits)
+    {
+        return Ok(DynamicImage::ImageLuma8(luma));
+    }
+    decode(bytes, format, limits)
+}
+
+/// Luma over white paper of a PNG of 8-bit samples, not interlaced,
+/// converted a row at a time as it is inflated. The features read nothing
+/// else, and never holding the RGBA page saves writing and reading back
+/// four bytes a pixel (a tenth of a 1000 × 1000 drawing's fingerprint).
+/// `None` for other PNGs and on any error, so that the image crate decodes
+/// those, or names the error, as before.
+fn png_luma(bytes: &[u8], limits: Limits) -> Option<GrayImage> {
+    let max_bytes = usize::try_from(limits.max_decode_bytes).unwrap_or(usize::MAX);
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: max_bytes });
+    // As the image crate sets it: palettes and samples under 8 bits widen
+    // to 8 bits, transparency to an alpha channel.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    decoder.set_ignore_text_chunk(false);
+    let mut reader = decoder.read_info().ok()?;
+    let layout = match reader.output_color_type() {
+        (png::ColorType::Grayscale, png::BitDepth::Eight) => Layout::Luma,
+        (png::ColorType::GrayscaleAlpha, png::BitDepth::Eight) => Layout::LumaAlpha,
+        (png::ColorType::Rgb, png::BitDepth::Eight) => Layout::Rgb,
+        (png::ColorType::Rgba, png::BitDepth::Eight) => Layout::Rgba,
+        _ => return None,
+    };
+    // The image crate refuses a page larger than the limit; let it say so.
+    if reader.info().interlaced || reader.output_buffer_size()? > max_bytes {
+        return None;
+    }
+    let (w, h) = (reader.info().width, reader.info().height);
+    let mut luma = Vec::with_capacity(w as usize * h as usize);
+    while let Some(row) = reader.next_row().ok()? {
+        layout.luma_over_white(row.data(), &mut luma);
+    }
+    GrayImage::from_raw(w, h, luma)
+}
+
 /// Decodes a raster within the limits; the size was checked by [`inspect`].
-pub(crate) fn decode(bytes: &[u8], format: Format, limits: Limits) -> Result<DynamicImage, EngineError> {
+fn decode(bytes: &[u8], format: Format, limits: Limits) -> Result<DynamicImage, EngineError> {
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image_format(format));
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_decode_bytes);
@@ -636,6 +680,324 @@ mod tests {
             matches!(&huge, EngineError::Unreadable(m) if m.contains("3x2")),
             "{huge}"
         );
+    }
+
+    /// A PNG of `w` × `h` pixels in the given colour type and depth, its
+    /// samples packed from `sample(x, y, channel)` as PNG stores them.
+    fn png_of(
+        (w, h): (u32, u32),
+        color: png::ColorType,
+        depth: png::BitDepth,
+        chunks: (Option<Vec<u8>>, Option<Vec<u8>>),
+        sample: impl Fn(u32, u32, usize) -> u16,
+    ) -> Vec<u8> {
+        let bits = depth as usize;
+        let channels = color.samples();
+        let mut data = Vec::new();
+        for y in 0..h {
+            let mut row = vec![0u8; (w as usize * channels * bits).div_ceil(8)];
+            for i in 0..w as usize * channels {
+                let value = sample(i as u32 / channels as u32, y, i % channels);
+                match bits {
+                    16 => row[i * 2..i * 2 + 2].copy_from_slice(&value.to_be_bytes()),
+                    _ => row[i * bits / 8] |= (value as u8) << (8 - bits - i * bits % 8),
+                }
+            }
+            data.extend(row);
+        }
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(color);
+        encoder.set_depth(depth);
+        let (palette, transparent) = chunks;
+        if let Some(palette) = palette {
+            encoder.set_palette(palette);
+        }
+        if let Some(transparent) = transparent {
+            encoder.set_trns(transparent);
+        }
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&data).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn png_rows_read_as_the_decoded_page() {
+        use png::{BitDepth::*, ColorType::*};
+        // Lines of several greys and opacities on paper, 45 pixels wide so
+        // rows end inside the blocks the RGBA path takes at once.
+        let ink = |x: u32, y: u32| {
+            if x == y || x == 40 || y == 3 {
+                (x * 5 + y) % 200
+            } else {
+                255
+            }
+        };
+        let grey = move |x, y, _| ink(x, y) as u16;
+        let colour = move |x, y, c: usize| {
+            if c == 3 {
+                (x * 40 % 256) as u16
+            } else {
+                (ink(x, y) + c as u32 * 20).min(255) as u16
+            }
+        };
+        let bit = move |x, y, _| u16::from(ink(x, y) == 255);
+        let index = move |x, y, _| (ink(x, y) % 16) as u16;
+        let palette: Vec<u8> = (0..16u8).flat_map(|i| [i * 16, 255 - i * 9, i * 3]).collect();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("grey", png_of((45, 30), Grayscale, Eight, (None, None), grey)),
+            ("grey, one bit", png_of((45, 30), Grayscale, One, (None, None), bit)),
+            (
+                "grey, a transparent grey",
+                png_of((45, 30), Grayscale, Eight, (None, Some(vec![0, 8])), grey),
+            ),
+            (
+                "grey and alpha",
+                png_of((45, 30), GrayscaleAlpha, Eight, (None, None), colour),
+            ),
+            ("RGB", png_of((45, 30), Rgb, Eight, (None, None), colour)),
+            ("RGBA", png_of((45, 30), Rgba, Eight, (None, None), colour)),
+            (
+                "palette",
+                png_of((45, 30), Indexed, Eight, (Some(palette.clone()), None), index),
+            ),
+            (
+                "palette of 4 bits, transparency",
+                png_of((45, 30), Indexed, Four, (Some(palette), Some(vec![0, 128, 255])), index),
+            ),
+        ];
+        for (name, bytes) in cases {
+            let rows = png_luma(&bytes, Limits::default()).unwrap_or_else(|| panic!("{name}: not read by rows"));
+            let page = decode(&bytes, Format::Png, Limits::default()).unwrap();
+            assert_eq!(rows.as_raw(), &raster::luma_over_white(&page), "{name}");
+            assert!(rows.as_raw().iter().any(|&l| l < 255), "{name}: no ink");
+        }
+        let deep = png_of((45, 30), Rgb, Sixteen, (None, None), |x, y, _| ink(x, y) as u16 * 257);
+        assert_eq!(
+            png_luma(&deep, Limits::default()),
+            None,
+            "16-bit samples go to the image crate"
+        );
+        assert!(fingerprint(&deep, Limits::default()).unwrap().thumbnail.is_some());
+        let rgba = png_of((45, 30), Rgba, Eight, (None, None), colour);
+        let cut = &rgba[..rgba.len() - 40];
+        let error = fingerprint(cut, Limits::default()).err().unwrap();
+        assert!(
+            matches!(&error, EngineError::Unreadable(m) if m.starts_with("cannot decode the PNG image")),
+            "{error}"
+        );
+    }
+
+    /// Black lines on white, no grey: what a bilevel scan holds exactly.
+    /// `variant` 0 is the drawing; 1 and 2 are other drawings.
+    fn line_drawing(variant: u32) -> GrayImage {
+        let mut image = GrayImage::from_pixel(400, 300, image::Luma([255]));
+        let mut ink = |x: f32, y: f32| {
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                image.put_pixel(x as u32 + dx, y as u32 + dy, image::Luma([0]));
+            }
+        };
+        for t in 0..=600 {
+            let t = t as f32 / 600.0;
+            ink(40.0 + 320.0 * t, 40.0);
+            ink(40.0 + 320.0 * t, 258.0);
+            ink(40.0, 40.0 + 218.0 * t);
+            ink(358.0, 40.0 + 218.0 * t);
+            let angle = t * std::f32::consts::TAU;
+            match variant {
+                0 => {
+                    ink(40.0 + 200.0 * t, 40.0 + 218.0 * t);
+                    ink(250.0 + 50.0 * angle.cos(), 120.0 + 50.0 * angle.sin());
+                }
+                1 => ink(200.0 + 100.0 * angle.cos(), 150.0 + 80.0 * angle.sin()),
+                _ => {
+                    ink(40.0 + 318.0 * t, 149.0);
+                    ink(100.0 + 30.0 * angle.cos(), 220.0 + 20.0 * angle.sin());
+                }
+            }
+        }
+        image
+    }
+
+    fn encoded(image: &GrayImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        let page = match format {
+            // The GIF encoder takes colour only.
+            image::ImageFormat::Gif => DynamicImage::ImageRgba8(DynamicImage::ImageLuma8(image.clone()).to_rgba8()),
+            _ => DynamicImage::ImageLuma8(image.clone()),
+        };
+        page.write_to(&mut std::io::Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    /// A little-endian baseline TIFF of one bilevel strip: rows of bits
+    /// packed from the left (`compression` 1) or CCITT Group 4 (4).
+    /// `photometric` 0 is WhiteIsZero (a set bit is black), 1 BlackIsZero.
+    fn bilevel_tiff(image: &GrayImage, compression: u16, photometric: u16, strip: &[u8]) -> Vec<u8> {
+        const ENTRIES: u32 = 9;
+        let strip_offset = 8 + 2 + 12 * ENTRIES + 4;
+        let (w, h) = image.dimensions();
+        let entries: [(u16, u16, u32); ENTRIES as usize] = [
+            (256, 4, w),                  // ImageWidth, LONG
+            (257, 4, h),                  // ImageLength
+            (258, 3, 1),                  // BitsPerSample, SHORT
+            (259, 3, compression.into()), // Compression
+            (262, 3, photometric.into()), // PhotometricInterpretation
+            (273, 4, strip_offset),       // StripOffsets
+            (277, 3, 1),                  // SamplesPerPixel
+            (278, 4, h),                  // RowsPerStrip
+            (279, 4, strip.len() as u32), // StripByteCounts
+        ];
+        let mut out = b"II*\0".to_vec();
+        out.extend(8u32.to_le_bytes());
+        out.extend((ENTRIES as u16).to_le_bytes());
+        for (tag, kind, value) in entries {
+            out.extend(tag.to_le_bytes());
+            out.extend(kind.to_le_bytes());
+            out.extend(1u32.to_le_bytes());
+            // One value fits in the entry, left-justified: for a SHORT in
+            // a little-endian file that is the low bytes of the u32.
+            out.extend(value.to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes());
+        out.extend_from_slice(strip);
+        out
+    }
+
+    /// Rows of one bit a pixel, set where `set(luma)`, padded to bytes.
+    fn packed_bits(image: &GrayImage, set: impl Fn(u8) -> bool) -> Vec<u8> {
+        image
+            .rows()
+            .flat_map(|row| {
+                let bits: Vec<bool> = row.map(|p| set(p.0[0])).collect();
+                bits.chunks(8)
+                    .map(|byte| {
+                        byte.iter()
+                            .enumerate()
+                            .fold(0u8, |b, (i, &on)| b | u8::from(on) << (7 - i))
+                    })
+                    .collect::<Vec<u8>>()
+            })
+            .collect()
+    }
+
+    /// CCITT Group 4 as fax machines and scanners write it: black runs are
+    /// ink.
+    fn group4(image: &GrayImage) -> Vec<u8> {
+        let mut encoder = fax::encoder::Encoder::new(fax::VecWriter::new());
+        for row in image.rows() {
+            let pels = row.map(|p| {
+                if p.0[0] < 128 {
+                    fax::Color::Black
+                } else {
+                    fax::Color::White
+                }
+            });
+            encoder.encode_line(pels, image.width() as u16).unwrap();
+        }
+        encoder.finish().unwrap().finish()
+    }
+
+    /// The library's answer to a query of `bytes`: the original drawing as
+    /// a PNG, and two other drawings.
+    fn search_library(bytes: &[u8]) -> SearchResult {
+        let mut index = Index::default();
+        let mut thumbnails = std::collections::HashMap::new();
+        let mut details = std::collections::HashMap::new();
+        for variant in 0..3 {
+            let id = format!("drawing-{variant}");
+            let print = fingerprint(
+                &encoded(&line_drawing(variant), image::ImageFormat::Png),
+                Limits::default(),
+            )
+            .unwrap();
+            thumbnails.insert(id.clone(), print.thumbnail.unwrap());
+            index.insert(&id, &print.features);
+            details.insert(id, Details::new(&format!("drawing-{variant}.png"), &print.features));
+        }
+        let query = query(bytes, Limits::default()).unwrap();
+        let mut search = Search::new(&index, &query.fingerprint, &query.probes, &SearchParams::default());
+        if !search.wants_thumbnails().is_empty() {
+            search.verify(&thumbnails);
+        }
+        search.finish(&details, 0.0)
+    }
+
+    /// The raster formats the issue lists, each written from the same
+    /// drawing, are read and found as duplicates of its PNG; the lossless
+    /// ones decode to exactly its pixels.
+    #[test]
+    fn every_raster_format_finds_the_png_original() {
+        use image::ImageFormat as F;
+        let drawing = line_drawing(0);
+        let cases: Vec<(&str, Vec<u8>, Format, bool)> = vec![
+            ("PNG", encoded(&drawing, F::Png), Format::Png, true),
+            ("JPEG", encoded(&drawing, F::Jpeg), Format::Jpeg, false),
+            ("TIFF, 8-bit grey", encoded(&drawing, F::Tiff), Format::Tiff, true),
+            (
+                "TIFF, 1-bit, BlackIsZero",
+                bilevel_tiff(&drawing, 1, 1, &packed_bits(&drawing, |l| l >= 128)),
+                Format::Tiff,
+                true,
+            ),
+            (
+                "TIFF, 1-bit, WhiteIsZero",
+                bilevel_tiff(&drawing, 1, 0, &packed_bits(&drawing, |l| l < 128)),
+                Format::Tiff,
+                true,
+            ),
+            (
+                "TIFF, CCITT Group 4",
+                bilevel_tiff(&drawing, 4, 0, &group4(&drawing)),
+                Format::Tiff,
+                true,
+            ),
+            ("BMP", encoded(&drawing, F::Bmp), Format::Bmp, true),
+            ("WebP, lossless", encoded(&drawing, F::WebP), Format::Webp, true),
+            ("GIF", encoded(&drawing, F::Gif), Format::Gif, true),
+        ];
+        for (name, bytes, format, lossless) in cases {
+            let features = inspect(&bytes, Limits::default()).unwrap();
+            assert_eq!(
+                (features.format, features.width, features.height),
+                (format, Some(400), Some(300)),
+                "{name}"
+            );
+            if lossless {
+                let pixels = pixels(&bytes, format, Limits::default()).unwrap();
+                assert!(pixels.to_luma8() == drawing, "{name}: decoded pixels differ");
+            }
+            let result = search_library(&bytes);
+            let found: Vec<_> = result
+                .duplicates
+                .iter()
+                .map(|m| (m.drawing_id.as_str(), m.verdict))
+                .collect();
+            assert_eq!(found, [("drawing-0", Verdict::Duplicate)], "{name}: {result:?}");
+        }
+        // The tiff crate decodes CCITT Group 4 but not Group 3 (1-D fax):
+        // such a scan is refused as unreadable (415), with the decoder's reason.
+        let group3 = bilevel_tiff(&drawing, 3, 0, &[0; 64]);
+        let error = fingerprint(&group3, Limits::default()).err().unwrap();
+        assert!(
+            matches!(&error, EngineError::Unreadable(m) if m.starts_with("cannot decode the TIFF image")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_dwg_is_refused_with_the_formats_that_are_read() {
+        let error = fingerprint(b"AC1032\0\0\0\0\0\0garbage", Limits::default())
+            .err()
+            .unwrap();
+        let EngineError::Unsupported(message) = &error else {
+            panic!("{error:?}")
+        };
+        assert!(message.starts_with("DWG files are not read"), "{message}");
+        for format in ["DXF", "PNG", "JPEG", "TIFF", "BMP", "WebP", "GIF"] {
+            assert!(message.contains(format), "{format} missing from: {message}");
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub fn detail(bytes: &[u8], limits: Limits) -> Result<Option<Detail>, EngineErro
             let image = render::render_dxf(bytes, &options).map_err(super::render_error)?;
             DynamicImage::ImageLuma8(image)
         }
-        format => super::decode(bytes, format, limits)?,
+        format => super::pixels(bytes, format, limits)?,
     };
     Ok(detail_of_image(&image))
 }

@@ -127,6 +127,11 @@ impl Ink {
         self.cells[y * self.side + x]
     }
 
+    /// Row by row.
+    pub fn cells(&self) -> &[f32] {
+        &self.cells
+    }
+
     pub fn oriented(&self, orientation: Orientation) -> Ink {
         let mut cells = vec![0.0; self.cells.len()];
         for y in 0..self.side {
@@ -143,10 +148,16 @@ impl Ink {
     }
 
     pub fn hashes(&self) -> Hashes {
+        let area = AreaSums::new(self);
         Hashes {
-            dhash: dhash(self),
-            phash: phash(self),
+            dhash: dhash(&area),
+            phash: phash(&area),
         }
+    }
+
+    /// The dHash alone, for the page, whose pHash nothing uses.
+    pub fn dhash(&self) -> Hash256 {
+        dhash(&AreaSums::new(self))
     }
 
     pub fn to_image(&self) -> GrayImage {
@@ -166,47 +177,118 @@ pub struct Prepared {
     pub ink_extent: f32,
 }
 
-/// Paper is white: transparent pixels count as paper, not as black.
 /// Darkness per pixel as 0 (paper) ..= 255 (full ink): a byte per pixel
 /// keeps the page pass and its summed-area table cheap.
-pub fn darkness(image: &DynamicImage) -> (usize, usize, Vec<u8>) {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let mut cells = luma_over_white(image);
-    let (paper, ink) = paper_and_ink(&cells);
-    let of_luma: Vec<u8> = (0..=255u8)
-        .map(|l| (((paper - f32::from(l)) / (paper - ink)).clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
-    for c in &mut cells {
-        *c = of_luma[usize::from(*c)];
-    }
-    (w, h, cells)
+pub struct Darkness {
+    pub w: usize,
+    pub h: usize,
+    pub cells: Vec<u8>,
+    /// Sum of the cells.
+    pub total: u64,
 }
 
-fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
-    let luma =
-        |r: u8, g: u8, b: u8| ((299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000) as u8;
-    let over_white = |l: u8, a: u8| ((u32::from(l) * u32::from(a) + 255 * (255 - u32::from(a)) + 127) / 255) as u8;
-    // Matching the common layouts avoids converting a whole page first.
-    match image {
-        DynamicImage::ImageLuma8(img) => img.as_raw().clone(),
-        DynamicImage::ImageLumaA8(img) => img.as_raw().chunks_exact(2).map(|p| over_white(p[0], p[1])).collect(),
-        DynamicImage::ImageRgb8(img) => img.as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2])).collect(),
-        // Most of a drawing is white paper: skip the arithmetic for it.
-        DynamicImage::ImageRgba8(img) => img
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| match p {
-                [255, 255, 255, _] | [_, _, _, 0] => 255,
-                _ => over_white(luma(p[0], p[1], p[2]), p[3]),
-            })
-            .collect(),
-        other => other
-            .to_rgba8()
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| over_white(luma(p[0], p[1], p[2]), p[3]))
-            .collect(),
+/// Paper is white: transparent pixels count as paper, not as black.
+pub fn darkness(image: &DynamicImage) -> Darkness {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut cells = luma_over_white(image);
+    let histogram = histogram(&cells);
+    let (paper, ink) = paper_and_ink(&histogram);
+    let of_luma: [u8; 256] =
+        std::array::from_fn(|l| (((paper - l as f32) / (paper - ink)).clamp(0.0, 1.0) * 255.0).round() as u8);
+    // The histogram knows the total without another pass over the pixels.
+    let total = (0..256).map(|l| histogram[l] * u64::from(of_luma[l])).sum();
+    let mut words = cells.chunks_exact_mut(8);
+    for word in &mut words {
+        // White paper is most of a drawing; a word of it maps at once.
+        if word == [255; 8] {
+            word.fill(of_luma[255]);
+        } else {
+            word.iter_mut().for_each(|c| *c = of_luma[usize::from(*c)]);
+        }
     }
+    words
+        .into_remainder()
+        .iter_mut()
+        .for_each(|c| *c = of_luma[usize::from(*c)]);
+    Darkness { w, h, cells, total }
+}
+
+pub(crate) fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(image.width() as usize * image.height() as usize);
+    // Matching the common layouts avoids converting a whole page first.
+    let layout = match image {
+        DynamicImage::ImageLuma8(_) => Layout::Luma,
+        DynamicImage::ImageLumaA8(_) => Layout::LumaAlpha,
+        DynamicImage::ImageRgb8(_) => Layout::Rgb,
+        DynamicImage::ImageRgba8(_) => Layout::Rgba,
+        other => {
+            Layout::Rgba.luma_over_white(other.to_rgba8().as_raw(), &mut out);
+            return out;
+        }
+    };
+    layout.luma_over_white(image.as_bytes(), &mut out);
+    out
+}
+
+/// Layouts of 8-bit samples whose luma is read as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Luma,
+    LumaAlpha,
+    Rgb,
+    Rgba,
+}
+
+impl Layout {
+    /// Appends the luma over white paper of `pixels`, whole pixels in this
+    /// layout: a page at once or a row at a time give the same bytes.
+    pub(crate) fn luma_over_white(self, pixels: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Layout::Luma => out.extend_from_slice(pixels),
+            Layout::LumaAlpha => out.extend(pixels.chunks_exact(2).map(|p| over_white(p[0], p[1]))),
+            Layout::Rgb => out.extend(pixels.chunks_exact(3).map(|p| luma(p[0], p[1], p[2]))),
+            Layout::Rgba => rgba_luma_over_white(pixels, out),
+        }
+    }
+}
+
+/// Most of a drawing is white paper, whatever its alpha: a run of sixteen
+/// such pixels skips the arithmetic, whose result for them is 255 anyway.
+fn rgba_luma_over_white(raw: &[u8], out: &mut Vec<u8>) {
+    // Alpha bytes set, so that only the colour decides.
+    const ANY_ALPHA: [u8; 64] = {
+        let mut mask = [0; 64];
+        let mut i = 3;
+        while i < 64 {
+            mask[i] = 255;
+            i += 4;
+        }
+        mask
+    };
+    out.reserve(raw.len() / 4);
+    let (blocks, rest) = raw.as_chunks::<64>();
+    for block in blocks {
+        let white = block.iter().zip(&ANY_ALPHA).fold(255, |all, (&b, &m)| all & (b | m));
+        if white == 255 {
+            out.extend_from_slice(&[255; 16]);
+        } else {
+            out.extend(block.chunks_exact(4).map(rgba_over_white));
+        }
+    }
+    out.extend(rest.chunks_exact(4).map(rgba_over_white));
+}
+
+fn rgba_over_white(p: &[u8]) -> u8 {
+    over_white(luma(p[0], p[1], p[2]), p[3])
+}
+
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000) as u8
+}
+
+/// Luma `l` at opacity `a` on white paper.
+fn over_white(l: u8, a: u8) -> u8 {
+    ((u32::from(l) * u32::from(a) + 255 * (255 - u32::from(a)) + 127) / 255) as u8
 }
 
 /// The luma where paper ends and where full ink starts, from the page
@@ -214,11 +296,7 @@ fn luma_over_white(image: &DynamicImage) -> Vec<u8> {
 /// downscale is still ink, while a scan's paper is greyer and noisier and
 /// needs a wider margin. Paper is the most common luma (drawings are
 /// mostly paper); its noise is the median distance of near-paper pixels.
-fn paper_and_ink(luma: &[u8]) -> (f32, f32) {
-    let mut histogram = [0u64; 256];
-    for &l in luma {
-        histogram[usize::from(l)] += 1;
-    }
+fn paper_and_ink(histogram: &[u64; 256]) -> (f32, f32) {
     let mode = (0..256).max_by_key(|&l| (histogram[l], l)).unwrap_or(255);
     let near = mode.saturating_sub(NEAR_PAPER)..256;
     let total: u64 = near.clone().map(|l| histogram[l]).sum();
@@ -238,15 +316,45 @@ fn paper_and_ink(luma: &[u8]) -> (f32, f32) {
     (paper, INK.min(paper - 60.0))
 }
 
+/// How many pixels have each luma. Most of a page is paper of one luma:
+/// bumping one counter per pixel makes each increment wait for the one
+/// before (1.3 ms for a 1000 × 1000 page, a quarter of its fingerprint), so
+/// four counters take turns and runs of white are counted eight at a time.
+fn histogram(luma: &[u8]) -> [u64; 256] {
+    let mut counts = [[0u64; 256]; 4];
+    let mut white = 0;
+    let mut words = luma.chunks_exact(8);
+    for word in &mut words {
+        if word == [255; 8] {
+            white += 8;
+            continue;
+        }
+        for (lane, &l) in word.iter().enumerate() {
+            counts[lane % 4][usize::from(l)] += 1;
+        }
+    }
+    for &l in words.remainder() {
+        counts[0][usize::from(l)] += 1;
+    }
+    let mut total = counts[0];
+    for lane in &counts[1..] {
+        for (t, n) in total.iter_mut().zip(lane) {
+            *t += n;
+        }
+    }
+    total[255] += white;
+    total
+}
+
 pub fn prepare(image: &DynamicImage) -> Option<Prepared> {
     prepare_at(image, SIDE)
 }
 
 /// [`prepare`] on an `n` × `n` grid: L4 compares drawings finer than L2.
 pub fn prepare_at(image: &DynamicImage, n: usize) -> Option<Prepared> {
-    let (w, h, cells) = darkness(image);
-    let grid = Grid { w, h, cells: &cells };
-    prepare_grid(&grid, grid.ink_bbox()?, n)
+    let page = darkness(image);
+    let grid = Grid::of(&page);
+    prepare_grid(&grid, grid.ink_bbox()?, page.total, n)
 }
 
 /// A query's ink in other frames than its whole ink box: each without the
@@ -261,28 +369,17 @@ pub struct Alternative {
 
 /// [`prepare`] plus the [`Alternative`] frames, for queries.
 pub fn prepare_query(image: &DynamicImage) -> Option<(Prepared, Vec<Alternative>)> {
-    let (w, h, cells) = darkness(image);
-    let grid = Grid { w, h, cells: &cells };
+    let page = darkness(image);
+    let (w, h, cells) = (page.w, page.h, &page.cells);
+    let grid = Grid::of(&page);
     let bbox = grid.ink_bbox()?;
-    let prepared = prepare_grid(&grid, bbox, SIDE)?;
-    let alternatives = super::frames::without_edge_parts(w, &cells, bbox)
+    let prepared = prepare_grid(&grid, bbox, page.total, SIDE)?;
+    let alternatives = super::frames::without_edge_parts(w, cells, bbox)
         .into_iter()
         .map(|frame| {
             // The square around a frame reaches past it, where the left-out
             // parts are: they must not come back in as ink.
-            let (fx0, fy0, fx1, fy1) = frame.bbox;
-            let inside: Vec<u8> = cells
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    let (x, y) = (i % w, i / w);
-                    if (fx0..fx1).contains(&x) && (fy0..fy1).contains(&y) {
-                        d
-                    } else {
-                        0
-                    }
-                })
-                .collect();
+            let inside = masked(cells, w, frame.bbox);
             let masked = Grid { w, h, cells: &inside };
             Alternative {
                 trimmed: masked.trimmed(frame.bbox, SIDE),
@@ -293,9 +390,25 @@ pub fn prepare_query(image: &DynamicImage) -> Option<(Prepared, Vec<Alternative>
     Some((prepared, alternatives))
 }
 
-fn prepare_grid(grid: &Grid<'_>, (x0, y0, x1, y1): (usize, usize, usize, usize), n: usize) -> Option<Prepared> {
-    let (w, h, cells) = (grid.w, grid.h, grid.cells);
-    let ink_ratio = cells.iter().map(|&d| u64::from(d)).sum::<u64>() as f32 / 255.0 / (w * h).max(1) as f32;
+/// The page's darkness inside `bbox` (half-open), paper elsewhere.
+fn masked(cells: &[u8], w: usize, (x0, y0, x1, y1): (usize, usize, usize, usize)) -> Vec<u8> {
+    let mut inside = vec![0; cells.len()];
+    for y in y0..y1 {
+        let row = y * w;
+        inside[row + x0..row + x1].copy_from_slice(&cells[row + x0..row + x1]);
+    }
+    inside
+}
+
+/// `total` is the sum of the grid's cells.
+fn prepare_grid(
+    grid: &Grid<'_>,
+    (x0, y0, x1, y1): (usize, usize, usize, usize),
+    total: u64,
+    n: usize,
+) -> Option<Prepared> {
+    let (w, h) = (grid.w, grid.h);
+    let ink_ratio = total as f32 / 255.0 / (w * h).max(1) as f32;
     let (bw, bh) = ((x1 - x0) as f32, (y1 - y0) as f32);
     let trimmed = grid.trimmed((x0, y0, x1, y1), n);
     let page = grid.square_resample(0.0, 0.0, w as f32, h as f32, n);
@@ -313,7 +426,7 @@ pub fn features(image: &DynamicImage) -> Option<RasterFeatures> {
     let prepared = prepare(image)?;
     Some(RasterFeatures {
         trimmed: prepared.trimmed.hashes(),
-        page_dhash: dhash(&prepared.page),
+        page_dhash: prepared.page.dhash(),
         ink_ratio: prepared.ink_ratio,
         ink_aspect: prepared.ink_aspect,
     })
@@ -326,6 +439,14 @@ struct Grid<'a> {
 }
 
 impl Grid<'_> {
+    fn of(page: &Darkness) -> Grid<'_> {
+        Grid {
+            w: page.w,
+            h: page.h,
+            cells: &page.cells,
+        }
+    }
+
     /// The ink box with its margin, resampled.
     fn trimmed(&self, (x0, y0, x1, y1): (usize, usize, usize, usize), n: usize) -> Ink {
         let margin = (x1 - x0).max(y1 - y0) as f32 * MARGIN;
@@ -375,27 +496,21 @@ impl Grid<'_> {
         for y in 0..self.h {
             let Some(ty) = cell_of(y as i64, top) else { continue };
             let row = &self.cells[y * self.w..(y + 1) * self.w];
-            let out = &mut sums[ty * n..(ty + 1) * n];
-            for (&d, column) in row.iter().zip(&column_of) {
-                if d != 0
-                    && let Some(tx) = column
-                {
-                    out[*tx] += u32::from(d);
-                }
-            }
+            add_row(row, &column_of, &mut sums[ty * n..(ty + 1) * n]);
         }
-        let cells = sums
-            .iter()
-            .enumerate()
-            .map(|(i, &sum)| {
-                let area = columns[i % n] * rows[i / n];
+        // Row by row: an index divided by `n` per cell costs more than the
+        // division by the area.
+        let mut cells = Vec::with_capacity(n * n);
+        for (sums, &row) in sums.chunks_exact(n).zip(&rows) {
+            cells.extend(sums.iter().zip(&columns).map(|(&sum, &column)| {
+                let area = column * row;
                 if area == 0 {
                     0.0
                 } else {
                     sum as f32 / 255.0 / area as f32
                 }
-            })
-            .collect();
+            }));
+        }
         Ink {
             side: n,
             cells,
@@ -405,14 +520,13 @@ impl Grid<'_> {
 
     /// Half-open pixel bounds of the ink.
     fn ink_bbox(&self) -> Option<(usize, usize, usize, usize)> {
-        let threshold = BBOX_INK;
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
         for y in 0..self.h {
             let row = &self.cells[y * self.w..(y + 1) * self.w];
-            let Some(first) = row.iter().position(|&d| d > threshold) else {
+            let Some(first) = first_ink(row) else {
                 continue;
             };
-            let last = row.iter().rposition(|&d| d > threshold).unwrap_or(first);
+            let last = last_ink(row).unwrap_or(first);
             x0 = x0.min(first);
             x1 = x1.max(last + 1);
             y0 = y0.min(y);
@@ -421,6 +535,48 @@ impl Grid<'_> {
         (x0 != usize::MAX).then_some((x0, y0, x1, y1))
     }
 }
+
+/// The first pixel of the row darker than BBOX_INK; blank blocks are
+/// passed over a block at a time.
+fn first_ink(row: &[u8]) -> Option<usize> {
+    let (i, block) = row.chunks(BLOCK).enumerate().find(|(_, b)| has_ink(b))?;
+    Some(i * BLOCK + block.iter().position(|&d| d > BBOX_INK)?)
+}
+
+fn last_ink(row: &[u8]) -> Option<usize> {
+    let (i, block) = row.chunks(BLOCK).enumerate().rev().find(|(_, b)| has_ink(b))?;
+    Some(i * BLOCK + block.iter().rposition(|&d| d > BBOX_INK)?)
+}
+
+fn has_ink(block: &[u8]) -> bool {
+    darkest(block) > BBOX_INK
+}
+
+/// The largest byte, sixteen at a time where it can.
+fn darkest(block: &[u8]) -> u8 {
+    let (words, rest) = block.as_chunks::<16>();
+    let of = |bytes: &[u8]| bytes.iter().fold(0, |darkest, &d| darkest.max(d));
+    words.iter().map(|w| of(w)).fold(of(rest), u8::max)
+}
+
+/// Adds a row of pixels to the cells their columns fall in. Most of a
+/// drawing's row is blank paper: a block of it is passed over after one
+/// test instead of a test per pixel.
+fn add_row(row: &[u8], column_of: &[Option<usize>], out: &mut [u32]) {
+    for (block, columns) in row.chunks(BLOCK).zip(column_of.chunks(BLOCK)) {
+        if darkest(block) == 0 {
+            continue;
+        }
+        for (&d, column) in block.iter().zip(columns) {
+            if let Some(tx) = column {
+                out[*tx] += u32::from(d);
+            }
+        }
+    }
+}
+
+/// Pixels tested at once for blank paper.
+const BLOCK: usize = 32;
 
 /// Summed-area table, so any rectangle's mean is four lookups.
 struct Integral {
@@ -486,20 +642,33 @@ impl Integral {
     }
 }
 
-/// Area-average of an Ink grid down to `w` × `h` cells (whole source
-/// pixels per cell, as `Integral::mean` takes them).
-fn shrink(ink: &Ink, w: usize, h: usize) -> Vec<f32> {
-    let n = ink.side;
+/// Summed-area table of an Ink grid, built once for both hashes.
+struct AreaSums {
+    n: usize,
     // f64: in f32 the differences of large sums leave rounding noise where
     // the paper is blank, and dHash would read that noise as gradients.
-    let mut sums = vec![0.0f64; (n + 1) * (n + 1)];
-    for y in 0..n {
-        let mut row = 0.0f64;
-        for x in 0..n {
-            row += f64::from(ink.at(x, y));
-            sums[(y + 1) * (n + 1) + x + 1] = sums[y * (n + 1) + x + 1] + row;
+    sums: Vec<f64>,
+}
+
+impl AreaSums {
+    fn new(ink: &Ink) -> AreaSums {
+        let n = ink.side;
+        let mut sums = vec![0.0f64; (n + 1) * (n + 1)];
+        for y in 0..n {
+            let mut row = 0.0f64;
+            for x in 0..n {
+                row += f64::from(ink.at(x, y));
+                sums[(y + 1) * (n + 1) + x + 1] = sums[y * (n + 1) + x + 1] + row;
+            }
         }
+        AreaSums { n, sums }
     }
+}
+
+/// Area-average of an Ink grid down to `w` × `h` cells (whole source
+/// pixels per cell, as `Integral::mean` takes them).
+fn shrink(area: &AreaSums, w: usize, h: usize) -> Vec<f32> {
+    let (n, sums) = (area.n, &area.sums);
     let at = |x: usize, y: usize| sums[y * (n + 1) + x];
     let bounds = |i: usize, cells: usize| {
         let lo = (i * n) / cells;
@@ -523,8 +692,8 @@ fn set_bit(hash: &mut Hash256, i: usize) {
 }
 
 /// 16 rows of 17 cells; bit = the left cell is darker than its right neighbour.
-fn dhash(ink: &Ink) -> Hash256 {
-    let cells = shrink(ink, 17, 16);
+fn dhash(area: &AreaSums) -> Hash256 {
+    let cells = shrink(area, 17, 16);
     let mut hash = [0u64; 4];
     for y in 0..16 {
         for x in 0..16 {
@@ -537,10 +706,10 @@ fn dhash(ink: &Ink) -> Hash256 {
 }
 
 /// The 16 × 16 lowest frequencies of a 64 × 64 DCT-II, each against their median.
-fn phash(ink: &Ink) -> Hash256 {
+fn phash(area: &AreaSums) -> Hash256 {
     const N: usize = 64;
     const K: usize = 16;
-    let cells = shrink(ink, N, N);
+    let cells = shrink(area, N, N);
     let basis: Vec<f32> = (0..K)
         .flat_map(|k| (0..N).map(move |n| (std::f32::consts::PI / N as f32 * (n as f32 + 0.5) * k as f32).cos()))
         .collect();
@@ -711,6 +880,54 @@ mod tests {
         );
         let transparent = image::RgbaImage::from_pixel(50, 50, image::Rgba([0, 0, 0, 0]));
         assert!(features(&DynamicImage::ImageRgba8(transparent)).is_none());
+    }
+
+    /// Bytes in runs of blank paper (255) and of noise, `len` of them.
+    fn runs_of_paper(len: usize) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if (i / 37) % 3 == 0 { state as u8 } else { 255 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blank_runs_taken_at_once_give_what_pixel_by_pixel_gives() {
+        let luma = runs_of_paper(10_007);
+        let mut counted = [0u64; 256];
+        luma.iter().for_each(|&l| counted[usize::from(l)] += 1);
+        assert_eq!(histogram(&luma), counted);
+
+        let alphas = [255, 0, 128, 255];
+        let rgba: Vec<u8> = luma
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| [l, l, l.wrapping_mul(3), alphas[i % 4]])
+            .collect();
+        let one_by_one: Vec<u8> = rgba.chunks_exact(4).map(rgba_over_white).collect();
+        let mut blocks = Vec::new();
+        rgba_luma_over_white(&rgba, &mut blocks);
+        assert_eq!(blocks, one_by_one);
+
+        let darkness: Vec<u8> = luma.iter().map(|&l| 255 - l).collect();
+        for row in darkness.chunks(997) {
+            assert_eq!(first_ink(row), row.iter().position(|&d| d > BBOX_INK));
+            assert_eq!(last_ink(row), row.iter().rposition(|&d| d > BBOX_INK));
+            let column_of: Vec<Option<usize>> = (0..row.len()).map(|x| (x % 5 != 0).then_some(x / 9)).collect();
+            let mut sums = vec![0u32; 111];
+            add_row(row, &column_of, &mut sums);
+            let mut expected = vec![0u32; 111];
+            for (&d, column) in row.iter().zip(&column_of) {
+                if let Some(tx) = column {
+                    expected[*tx] += u32::from(d);
+                }
+            }
+            assert_eq!(sums, expected);
+        }
     }
 
     #[test]

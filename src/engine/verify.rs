@@ -289,11 +289,7 @@ fn shift_row(row: &[u64], dx: i32, out: &mut [u64]) {
 /// INK_SHARE of the 90th percentile of the inked cells' darkness, at most
 /// `ceiling`.
 pub(crate) fn ink_threshold(ink: &Ink, ceiling: f32) -> f32 {
-    let side = ink.side();
-    let mut inked: Vec<f32> = (0..side * side)
-        .map(|i| ink.at(i % side, i / side))
-        .filter(|&d| d > 0.0)
-        .collect();
+    let mut inked: Vec<f32> = ink.cells().iter().copied().filter(|&d| d > 0.0).collect();
     if inked.is_empty() {
         return ceiling;
     }

@@ -5,6 +5,8 @@
 //! Run with `cargo bench --bench features`. Reads the PNGs of
 //! `../shared/data/librecad-png` and the DXF of `../shared/data/librecad-dxf`
 //! when present; otherwise it says so and measures nothing.
+//! `tests/bench/imagehash_side_by_side.sh` runs it beside Python
+//! `imagehash` on the same PNGs and prints the ratio.
 
 use std::path::Path;
 use std::time::Instant;

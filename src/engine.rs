@@ -17,6 +17,8 @@ pub mod index;
 pub mod l2;
 pub mod raster;
 pub mod render;
+#[cfg(test)]
+mod rng;
 mod slots;
 pub mod verify;
 

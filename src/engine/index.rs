@@ -650,7 +650,7 @@ mod tests {
     use image::{DynamicImage, GrayImage, Luma, imageops};
 
     use super::*;
-    use crate::engine::raster::Hash256;
+    use crate::engine::rng::Rng;
     use crate::engine::{Format, InkFeatures, Limits, Query, fingerprint, query, query_image};
 
     /// A random line drawing: a frame, and strokes placed by the seed.
@@ -893,25 +893,6 @@ mod tests {
         );
         library.remove("old");
         assert!(library.search(&q, Mode::Fast).warnings.is_empty());
-    }
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn hash(&mut self) -> Hash256 {
-            [self.next(), self.next(), self.next(), self.next()]
-        }
-
-        fn hex(&mut self) -> String {
-            self.hash().iter().map(|w| format!("{w:016x}")).collect()
-        }
     }
 
     /// Features as a store holds them, made up: a DXF (with a geometry

@@ -676,33 +676,7 @@ impl HashIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn hash(&mut self) -> Hash256 {
-            [self.next(), self.next(), self.next(), self.next()]
-        }
-
-        fn flip(&mut self, code: &Hash256, bits: u32) -> Hash256 {
-            let mut out = *code;
-            let mut flipped = std::collections::HashSet::new();
-            while flipped.len() < bits as usize {
-                let bit = (self.next() % 256) as usize;
-                if flipped.insert(bit) {
-                    out[bit / 64] ^= 1 << (bit % 64);
-                }
-            }
-            out
-        }
-    }
+    use crate::engine::rng::Rng;
 
     fn hashes(dhash: Hash256) -> Hashes {
         Hashes { dhash, phash: [0; 4] }

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod import;
 pub mod jobs;
 pub mod library;
+pub mod queue;
 pub mod runner;
 pub mod search;
 pub mod serve;

@@ -6,5 +6,6 @@ mod errors;
 mod import;
 mod jobs;
 mod process;
+mod queue;
 mod support;
 mod tenants;

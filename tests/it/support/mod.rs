@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod process;
+pub mod redis;
 pub mod server;
 
 pub use fixtures::*;

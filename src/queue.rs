@@ -1,0 +1,507 @@
+//! The Redis backend of [`JobStore`], for the distributed mode: jobs, their
+//! payloads and results, capacity and the queue live in Redis, with the key
+//! names and TTLs of CONTRACT §2 so operators' `redis-cli` checks keep
+//! working. Only this module knows Redis key names.
+//!
+//! Every step that reads and then writes is one Lua script, so two API pods
+//! or workers never interleave: admission checks capacity and enqueues
+//! atomically, and a claim takes a *lease* (`{p}:leases`, a sorted set of
+//! deadlines) that the worker's heartbeat extends. A job whose lease ran
+//! out (its worker was killed, lost the network, ran out of memory) goes
+//! back to the head of the queue at the next claim. Each claim increments
+//! the job's `attempt`, the fencing token: finishing, handing back or
+//! heartbeating with an older attempt changes nothing, so a worker that
+//! lost its lease cannot overwrite the result of the one that replaced it.
+//! A job delivered `max_deliveries` times ends `failed` and is listed on
+//! `{p}:dead`.
+//!
+//! The scripts build job keys from the prefix, which a Redis Cluster would
+//! refuse; dedup2d targets one Redis (with replicas), as the original did.
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
+
+/// Redis key names (CONTRACT §2).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    queue: String,
+}
+
+impl Keys {
+    /// `prefix` is `DEDUP2D_REDIS_KEY_PREFIX`, `queue` is
+    /// `DEDUP2D_ARQ_QUEUE_NAME` (kept whole: it is not under the prefix).
+    pub fn new(prefix: &str, queue: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+            queue: queue.to_string(),
+        }
+    }
+
+    fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    fn payload(&self, id: &str) -> String {
+        format!("{}:payload:{id}", self.prefix)
+    }
+
+    fn result(&self, id: &str) -> String {
+        format!("{}:result:{id}", self.prefix)
+    }
+
+    fn active(&self) -> String {
+        format!("{}:active", self.prefix)
+    }
+
+    fn tenant_jobs(&self, tenant_id: &str) -> String {
+        format!("{}:tenant:{tenant_id}:jobs", self.prefix)
+    }
+
+    fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+
+    fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+}
+
+/// How long a claim holds a job without a heartbeat, and how long keys live.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub lease_seconds: f64,
+    pub ttl_seconds: u64,
+}
+
+pub struct RedisJobs {
+    client: Client,
+    keys: Keys,
+    timing: Timing,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    admit: Script,
+    claim: Script,
+    heartbeat: Script,
+    finish: Script,
+    hand_back: Script,
+    cancel: Script,
+    list: Script,
+}
+
+/// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
+/// created_at, payload, ttl, callback_url. Returns {admitted, live jobs}.
+const ADMIT: &str = r#"
+local live = redis.call('SCARD', KEYS[1])
+if live >= tonumber(ARGV[1]) then return {0, live} end
+redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'tenant_id', ARGV[3], 'status', 'pending',
+  'created_at', ARGV[4], 'attempt', 0, 'cancel_requested', 0, 'callback_url', ARGV[7])
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
+redis.call('RPUSH', KEYS[5], ARGV[2])
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}) do redis.call('EXPIRE', key, ARGV[6]) end
+return {1, live + 1}
+"#;
+
+/// KEYS: queue, leases, active, dead. ARGV: now, lease seconds,
+/// max deliveries, prefix, ttl. Returns {kind, reclaimed, id, attempt,
+/// payload, created_at | error}.
+const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+local reclaimed = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', KEYS[2], id)
+  local job = ARGV[4] .. ':job:' .. id
+  if redis.call('HGET', job, 'status') == 'in_progress' then
+    redis.call('HSET', job, 'status', 'pending')
+    redis.call('HDEL', job, 'started_at')
+    redis.call('LPUSH', KEYS[1], id)
+    reclaimed = reclaimed + 1
+  end
+end
+while true do
+  local id = redis.call('LPOP', KEYS[1])
+  if not id then return {'empty', reclaimed} end
+  local job = ARGV[4] .. ':job:' .. id
+  if redis.call('HGET', job, 'status') == 'pending' then
+    local payload = redis.call('GET', ARGV[4] .. ':payload:' .. id)
+    local attempt = tonumber(redis.call('HGET', job, 'attempt') or '0')
+    local refusal = nil
+    if not payload then
+      refusal = 'the job payload is gone (expired or deleted)'
+    elseif attempt >= tonumber(ARGV[3]) then
+      refusal = 'gave up after ' .. attempt .. ' deliveries that did not finish'
+    end
+    if refusal then
+      redis.call('HSET', job, 'status', 'failed', 'error', refusal, 'finished_at', ARGV[1])
+      redis.call('EXPIRE', job, ARGV[5])
+      redis.call('SREM', KEYS[3], id)
+      redis.call('RPUSH', KEYS[4], id)
+      redis.call('EXPIRE', KEYS[4], ARGV[5])
+      return {'failed', reclaimed, id, attempt, payload or '', refusal}
+    end
+    redis.call('HSET', job, 'status', 'in_progress', 'started_at', ARGV[1], 'attempt', attempt + 1)
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
+    return {'run', reclaimed, id, attempt + 1, payload, redis.call('HGET', job, 'created_at')}
+  end
+end
+"#;
+
+/// KEYS: job, leases. ARGV: id, attempt, deadline. Returns 1 while the
+/// lease is this attempt's, 2 when a cancel was asked for, else 0.
+const HEARTBEAT: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel_requested')
+if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then
+  if fields[3] == '1' then return 2 end
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return 1
+"#;
+
+/// KEYS: job, leases, active, result. ARGV: id, attempt, status, result,
+/// error, now, ttl. Returns 1 when recorded.
+const FINISH: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+return 1
+"#;
+
+/// KEYS: job, leases, queue. ARGV: id, attempt. The delivery is not
+/// counted: the job did not fail, its worker was told to stop.
+const HAND_BACK: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'attempt', tonumber(ARGV[2]) - 1)
+redis.call('HDEL', KEYS[1], 'started_at')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[3], ARGV[1])
+return 1
+"#;
+
+/// KEYS: job, active, queue, leases, payload. ARGV: id, tenant, now, ttl.
+/// Returns {outcome, status before, payload}.
+const CANCEL: &str = r#"
+local fields = redis.call('HMGET', KEYS[1], 'tenant_id', 'status')
+if not fields[1] then return {'not_found', '', ''} end
+if fields[1] ~= ARGV[2] then return {'forbidden', '', ''} end
+if fields[2] ~= 'pending' and fields[2] ~= 'in_progress' then return {'finished', fields[2], ''} end
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'cancel_requested', 1, 'finished_at', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('LREM', KEYS[3], 0, ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return {'canceled', fields[2], redis.call('GET', KEYS[5]) or ''}
+"#;
+
+/// KEYS: tenant jobs. ARGV: prefix, status filter ('' for any), limit.
+/// Newest first; forgets ids whose job expired. Returns {total, ids...}.
+const LIST: &str = r#"
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
+local total, out = 0, {}
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', ARGV[1] .. ':job:' .. id, 'status')
+  if not status then
+    redis.call('ZREM', KEYS[1], id)
+  elseif ARGV[2] == '' or status == ARGV[2] then
+    total = total + 1
+    if #out < tonumber(ARGV[3]) then out[#out + 1] = id end
+  end
+end
+table.insert(out, 1, total)
+return out
+"#;
+
+impl RedisJobs {
+    /// Connects (retrying for ever in the background once connected, so a
+    /// Redis restart is survived) and checks Redis answers.
+    pub async fn connect(url: &str, keys: Keys, timing: Timing) -> Result<RedisJobs, JobError> {
+        let config = Config::from_url(url).map_err(unavailable)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = std::time::Duration::from_secs(5);
+            })
+            .with_performance_config(|p| {
+                // A request must not hang while Redis is down: it fails and
+                // the caller answers 503.
+                p.default_command_timeout = std::time::Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 250))
+            .build()
+            .map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        Ok(RedisJobs {
+            client,
+            keys,
+            timing,
+            scripts: Scripts {
+                admit: Script::from_lua(ADMIT),
+                claim: Script::from_lua(CLAIM),
+                heartbeat: Script::from_lua(HEARTBEAT),
+                finish: Script::from_lua(FINISH),
+                hand_back: Script::from_lua(HAND_BACK),
+                cancel: Script::from_lua(CANCEL),
+                list: Script::from_lua(LIST),
+            },
+        })
+    }
+
+    /// Extends a running job's lease. `Lost` means another attempt owns it
+    /// now (or it ended): the worker must stop and write nothing.
+    pub async fn heartbeat(&self, job: &Claimed, now: f64) -> Result<Lease, JobError> {
+        let deadline = now + self.timing.lease_seconds;
+        let kept: i64 = self
+            .run(
+                &self.scripts.heartbeat,
+                vec![self.keys.job(&job.job_id), self.keys.leases()],
+                vec![job.job_id.clone(), job.attempt.to_string(), deadline.to_string()],
+            )
+            .await?;
+        Ok(match kept {
+            1 => Lease::Held,
+            2 => Lease::Canceled,
+            _ => Lease::Lost,
+        })
+    }
+
+    /// Jobs that ended `failed` after too many deliveries, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<String>, JobError> {
+        self.client.lrange(self.keys.dead(), 0, -1).await.map_err(unavailable)
+    }
+
+    /// Records an attempt's outcome unless another attempt owns the job.
+    async fn record(&self, job_id: &str, attempt: u32, outcome: Outcome, now: f64) -> Result<bool, JobError> {
+        let (status, result, error) = match outcome {
+            Outcome::Completed(result) => (Status::Completed, to_json(&result)?, String::new()),
+            Outcome::Failed(error) => (Status::Failed, String::new(), error),
+        };
+        let keys = vec![
+            self.keys.job(job_id),
+            self.keys.leases(),
+            self.keys.active(),
+            self.keys.result(job_id),
+        ];
+        let args = vec![
+            job_id.to_string(),
+            attempt.to_string(),
+            status.as_str().to_string(),
+            result,
+            error,
+            now.to_string(),
+            self.timing.ttl_seconds.to_string(),
+        ];
+        let recorded: i64 = self.run(&self.scripts.finish, keys, args).await?;
+        Ok(recorded == 1)
+    }
+
+    async fn run<R: FromValue>(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<R, JobError> {
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .map_err(unavailable)
+    }
+
+    fn job_from_hash(&self, fields: std::collections::HashMap<String, String>, result: Option<String>) -> Option<Job> {
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse::<f64>().ok());
+        let text = |name: &str| fields.get(name).filter(|v| !v.is_empty()).cloned();
+        Some(Job {
+            job_id: fields.get("job_id")?.clone(),
+            tenant_id: fields.get("tenant_id")?.clone(),
+            status: Status::parse(fields.get("status")?)?,
+            created_at: number("created_at")?,
+            started_at: number("started_at"),
+            finished_at: number("finished_at"),
+            result: result.and_then(|r| serde_json::from_str(&r).ok()),
+            error: text("error"),
+            callback_status: text("callback_status"),
+            callback_attempts: number("callback_attempts").map_or(0, |n| n as u32),
+            callback_http_status: number("callback_http_status").map(|n| n as u16),
+            callback_finished_at: number("callback_finished_at"),
+            callback_last_error: text("callback_last_error"),
+        })
+    }
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Held,
+    Canceled,
+    Lost,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> JobError {
+    JobError::Unavailable(format!("redis: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, JobError> {
+    serde_json::to_string(value).map_err(|e| JobError::Unavailable(format!("cannot encode a job: {e}")))
+}
+
+#[async_trait]
+impl JobStore for RedisJobs {
+    async fn admit(&self, job: NewJob, max_jobs: u64) -> Result<(), JobError> {
+        let tenant = job.payload.tenant_id.clone();
+        let keys = vec![
+            self.keys.active(),
+            self.keys.job(&job.job_id),
+            self.keys.payload(&job.job_id),
+            self.keys.tenant_jobs(&tenant),
+            self.keys.queue.clone(),
+        ];
+        let args = vec![
+            max_jobs.to_string(),
+            job.job_id.clone(),
+            tenant,
+            job.created_at.to_string(),
+            to_json(&job.payload)?,
+            self.timing.ttl_seconds.to_string(),
+            job.payload.callback_url.clone().unwrap_or_default(),
+        ];
+        let (admitted, live): (i64, u64) = self.run(&self.scripts.admit, keys, args).await?;
+        if admitted == 1 {
+            Ok(())
+        } else {
+            Err(JobError::QueueFull {
+                max: max_jobs,
+                current: live,
+            })
+        }
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, JobError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.client.hgetall(self.keys.job(job_id)).await.map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let result: Option<String> = self.client.get(self.keys.result(job_id)).await.map_err(unavailable)?;
+        Ok(self.job_from_hash(fields, result))
+    }
+
+    async fn list(&self, tenant_id: &str, status: Option<Status>, limit: u32) -> Result<(Vec<Job>, u64), JobError> {
+        let args = vec![
+            self.keys.prefix.clone(),
+            status.map_or("", Status::as_str).to_string(),
+            limit.to_string(),
+        ];
+        let found: Vec<Value> = self
+            .run(&self.scripts.list, vec![self.keys.tenant_jobs(tenant_id)], args)
+            .await?;
+        let total = found.first().and_then(Value::as_u64).unwrap_or(0);
+        let mut jobs = Vec::new();
+        for id in found.iter().skip(1).filter_map(Value::as_string) {
+            if let Some(job) = self.get(&id).await? {
+                jobs.push(job);
+            }
+        }
+        Ok((jobs, total))
+    }
+
+    async fn cancel(&self, job_id: &str, tenant_id: &str, now: f64) -> Result<CancelOutcome, JobError> {
+        let keys = vec![
+            self.keys.job(job_id),
+            self.keys.active(),
+            self.keys.queue.clone(),
+            self.keys.leases(),
+            self.keys.payload(job_id),
+        ];
+        let args = vec![
+            job_id.to_string(),
+            tenant_id.to_string(),
+            now.to_string(),
+            self.timing.ttl_seconds.to_string(),
+        ];
+        let (outcome, was, payload): (String, String, String) = self.run(&self.scripts.cancel, keys, args).await?;
+        let status = Status::parse(&was).unwrap_or(Status::Failed);
+        Ok(match outcome.as_str() {
+            "not_found" => CancelOutcome::NotFound,
+            "forbidden" => CancelOutcome::Forbidden,
+            "finished" => CancelOutcome::AlreadyFinished(status),
+            _ => CancelOutcome::Canceled {
+                was: status,
+                file_ref: serde_json::from_str::<Payload>(&payload).ok().map(|p| p.file_ref),
+            },
+        })
+    }
+
+    async fn claim(&self, now: f64, max_deliveries: u32) -> Result<Claim, JobError> {
+        let keys = vec![
+            self.keys.queue.clone(),
+            self.keys.leases(),
+            self.keys.active(),
+            self.keys.dead(),
+        ];
+        let args = vec![
+            now.to_string(),
+            self.timing.lease_seconds.to_string(),
+            max_deliveries.to_string(),
+            self.keys.prefix.clone(),
+            self.timing.ttl_seconds.to_string(),
+        ];
+        let found: Vec<Value> = self.run(&self.scripts.claim, keys, args).await?;
+        let text = |i: usize| found.get(i).and_then(Value::as_string).unwrap_or_default();
+        let payload = serde_json::from_str::<Payload>(&text(4));
+        Ok(match text(0).as_str() {
+            "run" => match payload {
+                Ok(payload) => Claim::Run(Claimed {
+                    job_id: text(2),
+                    attempt: found.get(3).and_then(Value::as_u64).unwrap_or(0) as u32,
+                    payload,
+                    created_at: text(5).parse().unwrap_or(now),
+                }),
+                Err(e) => {
+                    let (job_id, attempt) = (text(2), found.get(3).and_then(Value::as_u64).unwrap_or(0) as u32);
+                    let error = format!("the job's payload does not read: {e}");
+                    self.record(&job_id, attempt, Outcome::Failed(error.clone()), now)
+                        .await?;
+                    Claim::Failed {
+                        job_id,
+                        file_ref: None,
+                        error,
+                    }
+                }
+            },
+            "failed" => Claim::Failed {
+                job_id: text(2),
+                file_ref: payload.ok().map(|p| p.file_ref),
+                error: text(5),
+            },
+            _ => Claim::Empty,
+        })
+    }
+
+    async fn finish(&self, job: &Claimed, outcome: Outcome, now: f64) -> Result<bool, JobError> {
+        self.record(&job.job_id, job.attempt, outcome, now).await
+    }
+
+    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError> {
+        let keys = vec![self.keys.job(&job.job_id), self.keys.leases(), self.keys.queue.clone()];
+        let args = vec![job.job_id.clone(), job.attempt.to_string()];
+        let _: i64 = self.run(&self.scripts.hand_back, keys, args).await?;
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<Counts, JobError> {
+        let pending: u64 = self.client.llen(&self.keys.queue).await.map_err(unavailable)?;
+        let running: u64 = self.client.zcard(self.keys.leases()).await.map_err(unavailable)?;
+        Ok(Counts { pending, running })
+    }
+
+    /// Redis expires job keys by their TTL; [`LIST`] forgets the ids.
+    async fn expire(&self, _now: f64) -> Result<u64, JobError> {
+        Ok(0)
+    }
+}

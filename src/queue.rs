@@ -92,6 +92,7 @@ struct Scripts {
     hand_back: Script,
     cancel: Script,
     list: Script,
+    requeue_dead: Script,
 }
 
 /// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
@@ -206,6 +207,26 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 return {'canceled', fields[2], redis.call('GET', KEYS[5]) or ''}
 "#;
 
+/// KEYS: dead, queue, active. ARGV: prefix, ttl. Every dead job still
+/// stored goes back to pending with its deliveries forgotten; returns the
+/// ids requeued.
+const REQUEUE_DEAD: &str = r#"
+local requeued = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local job = ARGV[1] .. ':job:' .. id
+  if redis.call('HGET', job, 'status') == 'failed' and redis.call('EXISTS', ARGV[1] .. ':payload:' .. id) == 1 then
+    redis.call('HSET', job, 'status', 'pending', 'attempt', 0)
+    redis.call('HDEL', job, 'error', 'finished_at', 'started_at')
+    redis.call('SADD', KEYS[3], id)
+    redis.call('RPUSH', KEYS[2], id)
+    for _, key in ipairs({job, ARGV[1] .. ':payload:' .. id, KEYS[2], KEYS[3]}) do redis.call('EXPIRE', key, ARGV[2]) end
+    requeued[#requeued + 1] = id
+  end
+end
+redis.call('DEL', KEYS[1])
+return requeued
+"#;
+
 /// KEYS: tenant jobs. ARGV: prefix, status filter ('' for any), limit.
 /// Newest first; forgets ids whose job expired. Returns {total, ids...}.
 const LIST: &str = r#"
@@ -254,6 +275,7 @@ impl RedisJobs {
                 hand_back: Script::from_lua(HAND_BACK),
                 cancel: Script::from_lua(CANCEL),
                 list: Script::from_lua(LIST),
+                requeue_dead: Script::from_lua(REQUEUE_DEAD),
             },
         })
     }
@@ -304,6 +326,15 @@ impl RedisJobs {
         ];
         let recorded: i64 = self.run(&self.scripts.finish, keys, args).await?;
         Ok(recorded == 1)
+    }
+
+    /// Puts the dead-lettered jobs back in the queue, as new (an operator's
+    /// replay after fixing what killed their workers). Jobs whose keys
+    /// expired meanwhile are dropped from the list.
+    pub async fn requeue_dead(&self) -> Result<Vec<String>, JobError> {
+        let keys = vec![self.keys.dead(), self.keys.queue.clone(), self.keys.active()];
+        let args = vec![self.keys.prefix.clone(), self.timing.ttl_seconds.to_string()];
+        self.run(&self.scripts.requeue_dead, keys, args).await
     }
 
     async fn run<R: FromValue>(&self, script: &Script, keys: Vec<String>, args: Vec<String>) -> Result<R, JobError> {

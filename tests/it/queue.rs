@@ -103,7 +103,7 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result() {
 }
 
 #[tokio::test]
-async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list() {
+async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list_until_replayed() {
     let redis = RedisServer::start().await;
     let store = jobs(&redis).await;
     store.admit(new_job("crashy", "t", 1.0), 1).await.unwrap();
@@ -123,6 +123,15 @@ async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list() {
     assert_eq!(store.get("crashy").await.unwrap().unwrap().status, Status::Failed);
     // Its capacity is free again.
     store.admit(new_job("next", "t", 2.0), 1).await.unwrap();
+    let next = claim(&store, now).await;
+    assert!(store.finish(&next, done(0), now).await.unwrap());
+    // An operator replays it once whatever killed its workers is fixed.
+    assert_eq!(store.requeue_dead().await.unwrap(), ["crashy"]);
+    assert!(store.dead_letters().await.unwrap().is_empty());
+    let replayed = claim(&store, now).await;
+    assert_eq!((replayed.job_id.as_str(), replayed.attempt), ("crashy", 1));
+    assert!(store.finish(&replayed, done(3), now).await.unwrap());
+    assert_eq!(store.get("crashy").await.unwrap().unwrap().status, Status::Completed);
 }
 
 async fn claim_max(store: &RedisJobs, now: f64, max: u32) -> Option<u32> {

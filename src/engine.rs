@@ -17,9 +17,9 @@ pub mod index;
 pub mod l2;
 pub mod raster;
 pub mod render;
-#[cfg(test)]
-mod rng;
 mod slots;
+#[cfg(test)]
+mod testing;
 pub mod verify;
 
 pub use index::{Details, Index, Search, Transform};

@@ -319,14 +319,7 @@ mod tests {
     use image::{GrayImage, Luma};
 
     use super::*;
-
-    fn png(image: &GrayImage) -> Vec<u8> {
-        let mut out = Vec::new();
-        image
-            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
-        out
-    }
+    use crate::engine::testing::png;
 
     /// A frame with a diagonal, and optionally a small mark in one corner.
     fn part(size: u32, mark: bool) -> GrayImage {

@@ -650,7 +650,7 @@ mod tests {
     use image::{DynamicImage, GrayImage, Luma, imageops};
 
     use super::*;
-    use crate::engine::rng::Rng;
+    use crate::engine::testing::{Rng, png};
     use crate::engine::{Format, InkFeatures, Limits, Query, fingerprint, query, query_image};
 
     /// A random line drawing: a frame, and strokes placed by the seed.
@@ -685,14 +685,6 @@ mod tests {
             stroke(0.1 + 0.8 * x0, 0.1 + 0.8 * y0, 0.1 + 0.8 * x1, 0.1 + 0.8 * y1);
         }
         image
-    }
-
-    fn png(image: &GrayImage) -> Vec<u8> {
-        let mut out = Vec::new();
-        image
-            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
-        out
     }
 
     /// An index and what a store keeps beside it.

@@ -676,7 +676,7 @@ impl HashIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::rng::Rng;
+    use crate::engine::testing::Rng;
 
     fn hashes(dhash: Hash256) -> Hashes {
         Hashes { dhash, phash: [0; 4] }

@@ -1,8 +1,18 @@
-//! A seeded xorshift generator for the engine's randomised tests: the same
+//! What the engine's tests share: a seeded xorshift generator (the same
 //! seed gives the same drawings and codes on every machine, without a
-//! dependency.
+//! dependency) and PNG encoding of the rasters they draw.
+
+use image::GrayImage;
 
 use super::raster::Hash256;
+
+pub fn png(image: &GrayImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
 
 pub struct Rng(pub u64);
 

@@ -1,6 +1,7 @@
-//! The composition root: builds the shared handles a running `serve` needs
-//! from its [`Config`]. Holds no request- or job-specific state beyond the
-//! cancel signals of jobs running in this process.
+//! The composition root: builds the shared handles a running `serve` or
+//! `work` needs from its [`Config`], on the embedded database or on Redis.
+//! Holds no request- or job-specific state beyond the cancel signals of jobs
+//! running in this process.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +12,12 @@ use anyhow::Context;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::embedded::Db;
 use crate::engine::Limits;
 use crate::jobs::JobStore;
 use crate::library::Library;
+use crate::queue::{Keys, Redis, RedisJobs, Timing};
 use crate::stats::StatsStore;
 use crate::store::Files;
 
@@ -26,7 +28,7 @@ pub struct App {
     pub stats: Arc<dyn StatsStore>,
     pub files: Arc<Files>,
     pub limits: Limits,
-    db: Db,
+    backing: Backing,
     /// Wakes idle runners when a job is admitted, so a new job does not wait
     /// for their polling tick.
     pub job_admitted: Notify,
@@ -37,20 +39,63 @@ pub struct App {
     shutting_down: AtomicBool,
 }
 
+/// What holds jobs and libraries.
+#[derive(Clone)]
+pub enum Backing {
+    Embedded(Db),
+    Redis { redis: Redis, jobs: Arc<RedisJobs> },
+}
+
+/// `/ready`'s answer: a failed check makes the process unready; a warning
+/// is a risk an operator should fix, reported without failing.
+pub struct Readiness {
+    pub checks: Vec<(&'static str, Result<(), String>)>,
+    pub warnings: Vec<String>,
+}
+
 impl App {
-    pub fn open(config: Config) -> anyhow::Result<Arc<App>> {
-        let db = Db::open(&config.data_dir, config.async_ttl)?;
+    pub async fn open(config: Config) -> anyhow::Result<Arc<App>> {
         let files = Arc::new(
             Files::local(&config.file_storage_dir, &config.data_dir.join("library"))
                 .context("cannot open file storage")?,
         );
+        let backing = match config.async_backend {
+            Backend::InProcess => Backing::Embedded(Db::open(&config.data_dir, config.async_ttl)?),
+            Backend::Redis => {
+                let redis = Redis::connect(&config.redis_url)
+                    .await
+                    .with_context(|| format!("cannot reach Redis at {} (DEDUP2D_REDIS_URL)", config.redis_url))?;
+                let timing = Timing {
+                    lease_seconds: config.lease.as_secs_f64(),
+                    ttl_seconds: config.async_ttl.as_secs(),
+                };
+                let jobs = Arc::new(redis.jobs(Keys::new(&config.redis_key_prefix, &config.arq_queue_name), timing));
+                Backing::Redis { redis, jobs }
+            }
+        };
+        let (jobs, library, stats): (Arc<dyn JobStore>, Library, Arc<dyn StatsStore>) = match &backing {
+            Backing::Embedded(db) => (
+                Arc::new(db.clone()),
+                Library::new(Arc::new(db.clone()), files.clone()),
+                Arc::new(db.clone()),
+            ),
+            Backing::Redis { jobs, .. } => {
+                // Until the Redis library lands, libraries stay in the local database.
+                let db = Db::open(&config.data_dir, config.async_ttl)?;
+                (
+                    jobs.clone(),
+                    Library::new(Arc::new(db.clone()), files.clone()),
+                    Arc::new(db),
+                )
+            }
+        };
         Ok(Arc::new(App {
-            jobs: Arc::new(db.clone()),
-            library: Library::new(Arc::new(db.clone()), files.clone()),
-            stats: Arc::new(db.clone()),
+            jobs,
+            library,
+            stats,
             files,
             limits: Limits::default(),
-            db,
+            backing,
             job_admitted: Notify::new(),
             running: Mutex::new(HashMap::new()),
             upload_permits: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
@@ -59,18 +104,36 @@ impl App {
         }))
     }
 
+    pub fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
     /// Per-dependency readiness, as `/ready` reports it.
-    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+    pub async fn readiness(&self) -> Readiness {
         let accepting = if self.is_shutting_down() {
             Err("shutting down".to_string())
         } else {
             Ok(())
         };
-        vec![
-            ("database", self.db.check().await.map_err(|e| e.to_string())),
-            ("storage", self.files.check().await.map_err(|e| e.to_string())),
-            ("accepting", accepting),
-        ]
+        let mut warnings = Vec::new();
+        let backend = match &self.backing {
+            Backing::Embedded(db) => ("database", db.check().await.map_err(|e| e.to_string())),
+            Backing::Redis { redis, .. } => {
+                let reachable = redis.ping().await.map(drop).map_err(|e| e.to_string());
+                if let Ok(Some(warning)) = redis.eviction_warning().await {
+                    warnings.push(warning);
+                }
+                ("redis", reachable)
+            }
+        };
+        Readiness {
+            checks: vec![
+                backend,
+                ("storage", self.files.check().await.map_err(|e| e.to_string())),
+                ("accepting", accepting),
+            ],
+            warnings,
+        }
     }
 
     pub fn begin_shutdown(&self) {

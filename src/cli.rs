@@ -30,8 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API (embedded mode: queue, files and database in-process).
     Serve(ServeArgs),
-    /// Run queue workers for the distributed mode (Redis).
-    Work(PendingArgs),
+    /// Run queue workers for the distributed mode (DEDUP2D_ASYNC_BACKEND=redis).
+    Work(WorkArgs),
     /// Remove uploads that no live job needs.
     Gc(PendingArgs),
     /// Rewrite queued job payloads during a rolling upgrade.
@@ -199,6 +199,40 @@ pub struct ServeArgs {
     pub data_dir: Option<String>,
 }
 
+/// `dedup2d work`: see [`crate::work`].
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Address of /metrics, /health and /ready (env DEDUP2D_WORKER_METRICS_LISTEN; default 127.0.0.1:9108).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Run the jobs queued now, then exit (seed 002).
+    #[arg(long)]
+    pub once: bool,
+    /// Put the dead-lettered jobs back in the queue, print their ids, and exit.
+    #[arg(long, conflicts_with_all = ["once", "list_dead"])]
+    pub requeue_dead: bool,
+    /// Print the ids of dead-lettered jobs (failed after DEDUP2D_MAX_DELIVERIES runs) and exit.
+    #[arg(long, conflicts_with = "once")]
+    pub list_dead: bool,
+}
+
+impl WorkArgs {
+    fn options(&self) -> crate::work::Options {
+        crate::work::Options {
+            once: self.once,
+            requeue_dead: self.requeue_dead,
+            list_dead: self.list_dead,
+        }
+    }
+
+    fn overrides(&self) -> Vec<(&'static str, &'static str, String)> {
+        self.metrics_listen
+            .iter()
+            .map(|addr| ("worker_metrics_listen", "--metrics-listen", addr.clone()))
+            .collect()
+    }
+}
+
 /// Subcommands whose issue has not landed take any arguments and say so.
 #[derive(Debug, Args)]
 pub struct PendingArgs {
@@ -219,14 +253,13 @@ impl ServeArgs {
     }
 }
 
-fn load_config(cli_config: Option<PathBuf>, env: HashMap<String, String>, args: &ServeArgs) -> anyhow::Result<Config> {
+fn load_config(
+    cli_config: Option<PathBuf>,
+    env: HashMap<String, String>,
+    cli: Vec<(&'static str, &'static str, String)>,
+) -> anyhow::Result<Config> {
     let file = cli_config.or_else(|| env.get("DEDUP2D_CONFIG").map(PathBuf::from));
-    let config = Config::load(&Sources {
-        file,
-        env,
-        cli: args.overrides(),
-    })?;
-    Ok(config)
+    Ok(Config::load(&Sources { file, env, cli })?)
 }
 
 /// Runs one command to completion; the binary's whole life.
@@ -234,26 +267,36 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
     let (args, serve) = match cli.command {
         Command::Serve(args) => (args, true),
         Command::Config(args) => (args, false),
-        Command::Work(_) => bail!(
-            "`dedup2d work` is not built yet: the Redis workers arrive with issue #4; `dedup2d serve` runs jobs in-process"
-        ),
+        Command::Work(args) => {
+            let config = load_config(cli.config, env, args.overrides())?;
+            return service(&config, |shutdown| crate::work::run(config.clone(), args.options(), shutdown));
+        }
         Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
         Command::MigratePayloads(_) => bail!("`dedup2d migrate-payloads` is not built yet: it arrives with issue #5"),
         Command::Calibrate(args) => return crate::calibrate::run(&args.options(), args.json),
         Command::Import(args) => return import(&args.options(&env), args.json),
     };
-    let config = load_config(cli.config, env, &args)?;
+    let config = load_config(cli.config, env, args.overrides())?;
     if !serve {
         print!("{}", config.describe());
         return Ok(());
     }
-    crate::telemetry::init_logging(&config);
+    service(&config, |shutdown| crate::serve::run(config.clone(), shutdown))
+}
+
+/// Runs a long-lived command with logs, metrics, and SIGTERM/Ctrl-C wired
+/// to its shutdown token.
+fn service<F>(config: &Config, command: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    crate::telemetry::init_logging(config);
     crate::telemetry::metrics_handle();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
-        crate::serve::run(config, shutdown).await
+        command(shutdown).await
     })
 }
 

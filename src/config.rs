@@ -95,6 +95,17 @@ const SETTINGS: &[Setting] = &[
         &["DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS"],
         "25",
     ),
+    setting("redis_url", &["DEDUP2D_REDIS_URL", "REDIS_URL"], "redis://127.0.0.1:6379"),
+    setting("redis_key_prefix", &["DEDUP2D_REDIS_KEY_PREFIX"], "dedup2d"),
+    setting("arq_queue_name", &["DEDUP2D_ARQ_QUEUE_NAME"], "dedup2d:queue"),
+    setting("worker_max_jobs", &["DEDUP2D_WORKER_MAX_JOBS"], "10"),
+    setting(
+        "worker_metrics_listen",
+        &["DEDUP2D_WORKER_METRICS_LISTEN"],
+        "127.0.0.1:9108",
+    ),
+    // A job whose worker stopped heartbeating this long is run again.
+    setting("lease_seconds", &["DEDUP2D_LEASE_SECONDS"], "20"),
     setting("file_storage", &["DEDUP2D_FILE_STORAGE"], "local"),
     // Empty means `<data_dir>/dedup2d_uploads`, which with the default data dir
     // is the original's `data/dedup2d_uploads`.
@@ -135,6 +146,14 @@ const SETTINGS: &[Setting] = &[
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Jobs and libraries in the embedded database, run by `serve` itself.
+    InProcess,
+    /// Jobs and libraries in Redis, run by `dedup2d work` processes.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
@@ -149,12 +168,19 @@ pub struct Config {
     pub api_keys: Vec<String>,
     pub log: String,
     pub log_format: LogFormat,
+    pub async_backend: Backend,
     pub async_max_concurrency: usize,
     pub async_max_jobs: u64,
     pub async_ttl: Duration,
     pub async_job_timeout: Duration,
     pub max_deliveries: u32,
     pub worker_shutdown_grace: Duration,
+    pub redis_url: String,
+    pub redis_key_prefix: String,
+    pub arq_queue_name: String,
+    pub worker_max_jobs: usize,
+    pub worker_metrics_listen: SocketAddr,
+    pub lease: Duration,
     pub file_storage_dir: PathBuf,
     pub file_storage_cleanup_on_finish: bool,
     pub max_upload_bytes: u64,
@@ -226,12 +252,22 @@ impl Config {
             api_keys: v.csv("api_keys"),
             log: v.log_filter("log")?,
             log_format: v.one_of("log_format", &[("text", LogFormat::Text), ("json", LogFormat::Json)])?,
+            async_backend: v.one_of(
+                "async_backend",
+                &[("inprocess", Backend::InProcess), ("redis", Backend::Redis)],
+            )?,
             async_max_concurrency: v.in_range("async_max_concurrency", 1, 256)?,
             async_max_jobs: v.in_range("async_max_jobs", 1, 100_000_000)?,
             async_ttl: v.seconds("async_ttl_seconds", 1)?,
             async_job_timeout: v.seconds("async_job_timeout_seconds", 1)?,
             max_deliveries: v.in_range("max_deliveries", 1, 1000)?,
             worker_shutdown_grace: v.seconds("worker_shutdown_grace_seconds", 0)?,
+            redis_url: v.redis_url("redis_url")?,
+            redis_key_prefix: v.non_empty("redis_key_prefix")?,
+            arq_queue_name: v.non_empty("arq_queue_name")?,
+            worker_max_jobs: v.in_range("worker_max_jobs", 1, 1024)?,
+            worker_metrics_listen: v.parse("worker_metrics_listen")?,
+            lease: v.seconds("lease_seconds", 2)?,
             file_storage_dir,
             file_storage_cleanup_on_finish: v.flag("file_storage_cleanup_on_finish")?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
@@ -393,19 +429,27 @@ impl Values<'_> {
         Ok(raw.to_string())
     }
 
-    /// Redis and S3 arrive with later issues; saying so beats silently running
-    /// on the embedded backends an operator did not ask for.
-    fn check_backends(&self) -> Result<(), ConfigError> {
-        match self.raw("async_backend") {
-            "inprocess" => {}
-            "redis" => {
-                return Err(self.invalid(
-                    "async_backend",
-                    "the redis backend is not built yet (issue #4); use inprocess",
-                ));
-            }
-            _ => return Err(self.invalid("async_backend", "expected inprocess or redis")),
+    fn non_empty(&self, key: &'static str) -> Result<String, ConfigError> {
+        match self.raw(key) {
+            "" => Err(self.invalid(key, "must not be empty")),
+            value => Ok(value.to_string()),
         }
+    }
+
+    fn redis_url(&self, key: &'static str) -> Result<String, ConfigError> {
+        let url = self.raw(key);
+        let scheme_known = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme));
+        if !scheme_known {
+            return Err(self.invalid(key, "expected a redis://host:port[/db] URL"));
+        }
+        Ok(url.to_string())
+    }
+
+    /// S3 arrives with a later issue; saying so beats silently running on
+    /// the local disk an operator did not ask for.
+    fn check_backends(&self) -> Result<(), ConfigError> {
         match self.raw("file_storage") {
             "local" => Ok(()),
             "s3" => Err(self.invalid("file_storage", "s3 storage is not built yet (issue #5); use local")),
@@ -514,14 +558,27 @@ mod tests {
 
     #[test]
     fn backends_not_built_yet_are_refused_by_name() {
-        let err = load(None, &[("DEDUP2D_ASYNC_BACKEND", "redis")], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("issue #4"), "{err}");
         let err = load(None, &[("DEDUP2D_FILE_STORAGE", "s3")], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("issue #5"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_backend_reads_the_original_variables() {
+        let config = load(
+            None,
+            &[("DEDUP2D_ASYNC_BACKEND", "redis"), ("REDIS_URL", "redis://cache:6380/2")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.async_backend, Backend::Redis);
+        assert_eq!(config.redis_url, "redis://cache:6380/2");
+        assert_eq!(config.arq_queue_name, "dedup2d:queue");
+        let err = load(None, &[("DEDUP2D_REDIS_URL", "cache:6379")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_url") && err.contains("env DEDUP2D_REDIS_URL"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::engine::{Details, Features};
-use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
+use crate::jobs::{
+    CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
+};
 use crate::library::{Drawing, LibraryError, LibraryStore};
 use crate::stats::{StatsError, StatsStore, TenantStats};
 
@@ -369,17 +371,37 @@ impl JobStore for Db {
             .await?)
     }
 
-    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError> {
+    async fn heartbeat(&self, job: &Claimed, _now: f64) -> Result<Lease, JobError> {
+        // One process owns the database, so there is no lease to extend;
+        // the status says whether the run should go on.
         let job_id = job.job_id.clone();
         let attempt = job.attempt;
         Ok(self
             .call(move |inner| {
-                // The attempt is not counted against max_deliveries: the job
-                // did not fail, its process was told to stop.
+                let row: Option<(String, u32)> = inner
+                    .conn
+                    .prepare_cached("SELECT status, attempt FROM jobs WHERE job_id = ?1")?
+                    .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                Ok(match row {
+                    Some((status, a)) if status == "in_progress" && a == attempt => Lease::Held,
+                    Some((status, _)) if status == "canceled" => Lease::Canceled,
+                    _ => Lease::Lost,
+                })
+            })
+            .await?)
+    }
+
+    async fn hand_back(&self, job: &Claimed, delivery: Delivery) -> Result<(), JobError> {
+        let job_id = job.job_id.clone();
+        let attempt = job.attempt;
+        let forgiven = u32::from(delivery == Delivery::Uncounted);
+        Ok(self
+            .call(move |inner| {
                 inner.conn.execute(
-                    "UPDATE jobs SET status = 'pending', started_at = NULL, attempt = attempt - 1 \
+                    "UPDATE jobs SET status = 'pending', started_at = NULL, attempt = attempt - ?3 \
                      WHERE job_id = ?1 AND attempt = ?2 AND status = 'in_progress'",
-                    params![job_id, attempt],
+                    params![job_id, attempt, forgiven],
                 )?;
                 Ok(())
             })
@@ -396,6 +418,7 @@ impl JobStore for Db {
                 Ok(Counts {
                     pending: inner.live_jobs.saturating_sub(running),
                     running,
+                    dead: 0,
                 })
             })
             .await?)
@@ -732,7 +755,11 @@ mod tests {
         drop(db);
 
         let db = open(dir.path());
-        assert_eq!(db.counts().await.unwrap(), Counts { pending: 1, running: 0 });
+        assert_eq!(db.counts().await.unwrap(), Counts {
+                pending: 1,
+                running: 0,
+                dead: 0
+            });
         let Claim::Run(second) = db.claim(3.0, 2).await.unwrap() else {
             panic!("runs again")
         };

@@ -128,10 +128,33 @@ pub enum CancelOutcome {
     Forbidden,
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The attempt still owns the job; its lease is extended.
+    Held,
+    /// A client canceled the job: stop and write nothing.
+    Canceled,
+    /// Another attempt owns the job now, or it ended: stop and write nothing.
+    Lost,
+}
+
+/// Whether a handed-back run counts against `max_deliveries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The worker was told to stop (shutdown): the job did not fail.
+    Uncounted,
+    /// The run gave up on an outage that outlasted its retries: a job that
+    /// keeps meeting one ends on the dead-letter list, not in a loop.
+    Counted,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
     pub pending: u64,
     pub running: u64,
+    /// On the dead-letter list (the Redis backend keeps one).
+    pub dead: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +164,10 @@ pub enum JobError {
     #[error("job store unavailable: {0}")]
     Unavailable(String),
 }
+
+/// How often a running job's lease is extended and its cancel checked: a
+/// cancel stops a running job within this (plus one round trip).
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Where jobs live. Admission is one atomic step: the capacity check and the
 /// insert cannot interleave with another admission.
@@ -157,8 +184,11 @@ pub trait JobStore: Send + Sync {
     /// Records the outcome unless the job was canceled or re-claimed since;
     /// returns whether it was recorded.
     async fn finish(&self, job: &Claimed, outcome: Outcome, now: f64) -> Result<bool, JobError>;
-    /// Puts a running job back to pending, for another run.
-    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError>;
+    /// Extends the lease of a running attempt, and says whether it should
+    /// go on. Runners call it every [`HEARTBEAT_EVERY`].
+    async fn heartbeat(&self, job: &Claimed, now: f64) -> Result<Lease, JobError>;
+    /// Puts a running job back at the head of the queue, for another run.
+    async fn hand_back(&self, job: &Claimed, delivery: Delivery) -> Result<(), JobError>;
     async fn counts(&self) -> Result<Counts, JobError>;
     /// Deletes finished jobs whose time to live has passed.
     async fn expire(&self, now: f64) -> Result<u64, JobError>;

@@ -2,13 +2,15 @@
 //! library. See ARCHITECTURE.md for the map; in short:
 //!
 //! - [`cli`] parses the command line and dispatches to a command's `run`
-//!   ([`serve`] for now);
+//!   ([`serve`], [`work`], …);
 //! - [`config`] resolves defaults < file < env < flags;
 //! - [`api`] is the only module that knows HTTP;
 //! - [`engine`] is pure matching: bytes in, features and scores out;
 //! - [`jobs`], [`library`] and [`stats`] define the storage seams, which
 //!   [`embedded`] implements on SQLite; [`store`] owns file paths;
-//! - [`runner`] runs async jobs in-process; [`search`] is one search;
+//! - [`queue`] implements the seams on Redis for the distributed mode;
+//! - [`runner`] runs async jobs, in `serve` (embedded) or [`work`] (Redis);
+//!   [`search`] is one search;
 //! - [`calibrate`] measures how well the L2 hashes separate duplicates;
 //! - [`import`] bulk-adds a folder to a library through the API.
 
@@ -30,3 +32,4 @@ pub mod shutdown;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod work;

@@ -22,7 +22,12 @@ use async_trait::async_trait;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
+use std::time::{Duration, Instant};
+
+use crate::jobs::{
+    CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
+};
+use crate::telemetry as t;
 
 /// Redis key names (CONTRACT §2).
 #[derive(Debug, Clone)]
@@ -75,6 +80,70 @@ impl Keys {
 pub struct Timing {
     pub lease_seconds: f64,
     pub ttl_seconds: u64,
+}
+
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One client (a small pool that reconnects by itself) shared by the job
+/// store and the library of a process.
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+}
+
+impl Redis {
+    /// Connects and checks Redis answers. Once connected the client retries
+    /// for ever in the background, so a Redis restart is survived; while
+    /// Redis is down, commands fail after 5 s instead of hanging.
+    pub async fn connect(url: &str) -> Result<Redis, JobError> {
+        let config = Config::from_url(url).map_err(unavailable)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 250))
+            .build()
+            .map_err(unavailable)?;
+        client.init().await.map_err(unavailable)?;
+        Ok(Redis { client })
+    }
+
+    pub fn jobs(&self, keys: Keys, timing: Timing) -> RedisJobs {
+        RedisJobs::new(self.client.clone(), keys, timing)
+    }
+
+    /// One PING; its round-trip time is exported as a gauge. Gives up after
+    /// a second, so a readiness probe answers while Redis is down.
+    pub async fn ping(&self) -> Result<Duration, JobError> {
+        let started = Instant::now();
+        let _: String = tokio::time::timeout(PING_TIMEOUT, self.client.ping(None))
+            .await
+            .map_err(|_| unavailable(format!("no answer to PING within {PING_TIMEOUT:?}")))?
+            .map_err(unavailable)?;
+        let rtt = started.elapsed();
+        metrics::gauge!(t::REDIS_RTT_SECONDS).set(rtt.as_secs_f64());
+        Ok(rtt)
+    }
+
+    /// Job keys carry a TTL and library keys none, so any eviction policy
+    /// but `noeviction` can silently drop jobs or drawings when Redis fills.
+    pub async fn eviction_warning(&self) -> Result<Option<String>, JobError> {
+        let config = fred::types::CustomCommand::new_static("CONFIG", None, false);
+        let reply: Vec<String> = self
+            .client
+            .custom(config, vec!["GET", "maxmemory-policy"])
+            .await
+            .map_err(unavailable)?;
+        Ok(match reply.get(1).map(String::as_str) {
+            None | Some("noeviction") => None,
+            Some(policy) => Some(format!(
+                "redis maxmemory-policy is {policy}: a full Redis evicts job or library keys; set noeviction"
+            )),
+        })
+    }
 }
 
 pub struct RedisJobs {
@@ -180,12 +249,12 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 "#;
 
-/// KEYS: job, leases, queue. ARGV: id, attempt. The delivery is not
-/// counted: the job did not fail, its worker was told to stop.
+/// KEYS: job, leases, queue. ARGV: id, attempt, deliveries forgiven (1
+/// when the worker was told to stop, 0 when the run gave up).
 const HAND_BACK: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'pending', 'attempt', tonumber(ARGV[2]) - 1)
+redis.call('HSET', KEYS[1], 'status', 'pending', 'attempt', tonumber(ARGV[2]) - tonumber(ARGV[3]))
 redis.call('HDEL', KEYS[1], 'started_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[1])
@@ -246,24 +315,8 @@ return out
 "#;
 
 impl RedisJobs {
-    /// Connects (retrying for ever in the background once connected, so a
-    /// Redis restart is survived) and checks Redis answers.
-    pub async fn connect(url: &str, keys: Keys, timing: Timing) -> Result<RedisJobs, JobError> {
-        let config = Config::from_url(url).map_err(unavailable)?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = std::time::Duration::from_secs(5);
-            })
-            .with_performance_config(|p| {
-                // A request must not hang while Redis is down: it fails and
-                // the caller answers 503.
-                p.default_command_timeout = std::time::Duration::from_secs(5);
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, 250))
-            .build()
-            .map_err(unavailable)?;
-        client.init().await.map_err(unavailable)?;
-        Ok(RedisJobs {
+    fn new(client: Client, keys: Keys, timing: Timing) -> RedisJobs {
+        RedisJobs {
             client,
             keys,
             timing,
@@ -277,25 +330,7 @@ impl RedisJobs {
                 list: Script::from_lua(LIST),
                 requeue_dead: Script::from_lua(REQUEUE_DEAD),
             },
-        })
-    }
-
-    /// Extends a running job's lease. `Lost` means another attempt owns it
-    /// now (or it ended): the worker must stop and write nothing.
-    pub async fn heartbeat(&self, job: &Claimed, now: f64) -> Result<Lease, JobError> {
-        let deadline = now + self.timing.lease_seconds;
-        let kept: i64 = self
-            .run(
-                &self.scripts.heartbeat,
-                vec![self.keys.job(&job.job_id), self.keys.leases()],
-                vec![job.job_id.clone(), job.attempt.to_string(), deadline.to_string()],
-            )
-            .await?;
-        Ok(match kept {
-            1 => Lease::Held,
-            2 => Lease::Canceled,
-            _ => Lease::Lost,
-        })
+        }
     }
 
     /// Jobs that ended `failed` after too many deliveries, oldest first.
@@ -363,14 +398,6 @@ impl RedisJobs {
             callback_last_error: text("callback_last_error"),
         })
     }
-}
-
-/// What a heartbeat found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lease {
-    Held,
-    Canceled,
-    Lost,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> JobError {
@@ -483,6 +510,11 @@ impl JobStore for RedisJobs {
             self.timing.ttl_seconds.to_string(),
         ];
         let found: Vec<Value> = self.run(&self.scripts.claim, keys, args).await?;
+        let reclaimed = found.get(1).and_then(Value::as_u64).unwrap_or(0);
+        if reclaimed > 0 {
+            tracing::warn!(message = "reclaimed jobs whose worker stopped heartbeating", reclaimed);
+            metrics::counter!(t::LEASE_RECLAIMS_TOTAL).increment(reclaimed);
+        }
         let text = |i: usize| found.get(i).and_then(Value::as_string).unwrap_or_default();
         let payload = serde_json::from_str::<Payload>(&text(4));
         Ok(match text(0).as_str() {
@@ -505,11 +537,14 @@ impl JobStore for RedisJobs {
                     }
                 }
             },
-            "failed" => Claim::Failed {
-                job_id: text(2),
-                file_ref: payload.ok().map(|p| p.file_ref),
-                error: text(5),
-            },
+            "failed" => {
+                metrics::counter!(t::JOBS_DEAD_LETTERED_TOTAL).increment(1);
+                Claim::Failed {
+                    job_id: text(2),
+                    file_ref: payload.ok().map(|p| p.file_ref),
+                    error: text(5),
+                }
+            }
             _ => Claim::Empty,
         })
     }
@@ -518,9 +553,26 @@ impl JobStore for RedisJobs {
         self.record(&job.job_id, job.attempt, outcome, now).await
     }
 
-    async fn hand_back(&self, job: &Claimed) -> Result<(), JobError> {
+    async fn heartbeat(&self, job: &Claimed, now: f64) -> Result<Lease, JobError> {
+        let deadline = now + self.timing.lease_seconds;
+        let kept: i64 = self
+            .run(
+                &self.scripts.heartbeat,
+                vec![self.keys.job(&job.job_id), self.keys.leases()],
+                vec![job.job_id.clone(), job.attempt.to_string(), deadline.to_string()],
+            )
+            .await?;
+        Ok(match kept {
+            1 => Lease::Held,
+            2 => Lease::Canceled,
+            _ => Lease::Lost,
+        })
+    }
+
+    async fn hand_back(&self, job: &Claimed, delivery: Delivery) -> Result<(), JobError> {
         let keys = vec![self.keys.job(&job.job_id), self.keys.leases(), self.keys.queue.clone()];
-        let args = vec![job.job_id.clone(), job.attempt.to_string()];
+        let forgiven = u32::from(delivery == Delivery::Uncounted);
+        let args = vec![job.job_id.clone(), job.attempt.to_string(), forgiven.to_string()];
         let _: i64 = self.run(&self.scripts.hand_back, keys, args).await?;
         Ok(())
     }
@@ -528,7 +580,8 @@ impl JobStore for RedisJobs {
     async fn counts(&self) -> Result<Counts, JobError> {
         let pending: u64 = self.client.llen(&self.keys.queue).await.map_err(unavailable)?;
         let running: u64 = self.client.zcard(self.keys.leases()).await.map_err(unavailable)?;
-        Ok(Counts { pending, running })
+        let dead: u64 = self.client.llen(self.keys.dead()).await.map_err(unavailable)?;
+        Ok(Counts { pending, running, dead })
     }
 
     /// Redis expires job keys by their TTL; [`LIST`] forgets the ids.

@@ -1,5 +1,6 @@
-//! `dedup2d serve`: the API with the embedded backend and its job runners, in
-//! one process.
+//! `dedup2d serve`: the HTTP API. On the embedded backend it also runs the
+//! jobs, in one process; on Redis it admits and enqueues, and `dedup2d work`
+//! processes run them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::app::{App, now};
+use crate::app::{App, Backing, now};
 use crate::config::Config;
-use crate::runner;
+use crate::runner::{self, Runners};
 
 /// How often finished jobs past their TTL are removed and gauges refreshed.
 const UPKEEP_EVERY: Duration = Duration::from_secs(15);
@@ -29,18 +30,27 @@ pub async fn run_on(listener: TcpListener, config: Config, shutdown: Cancellatio
     let address = listener.local_addr()?;
     refuse_open_on_network(&config, address)?;
     let grace = config.worker_shutdown_grace;
-    let app = App::open(config)?;
+    let app = App::open(config).await?;
+    let embedded = matches!(app.backing(), Backing::Embedded(_));
     tracing::info!(
         message = "dedup2d serving",
         %address,
+        backend = if embedded { "embedded" } else { "redis" },
         data_dir = %app.config.data_dir.display(),
         tenants = if app.config.api_keys.is_empty() { "local (no API keys)".to_string() } else { app.config.api_keys.len().to_string() },
     );
-    let runners = tokio::spawn(runner::run(app.clone(), shutdown.clone()));
-    let upkeep = tokio::spawn(upkeep(app.clone(), shutdown.clone()));
+    let mut tasks = vec![tokio::spawn(upkeep(app.clone(), UPKEEP_EVERY, shutdown.clone()))];
+    if embedded {
+        let runners = Runners {
+            count: app.config.async_max_concurrency,
+            once: false,
+        };
+        tasks.push(tokio::spawn(runner::run(app.clone(), runners, shutdown.clone())));
+    }
     api::serve(listener, app.clone(), shutdown.clone(), grace).await;
-    let _ = runners.await;
-    let _ = upkeep.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     tracing::info!(message = "dedup2d stopped");
     Ok(())
 }
@@ -57,8 +67,10 @@ fn refuse_open_on_network(config: &Config, address: std::net::SocketAddr) -> any
     Ok(())
 }
 
-async fn upkeep(app: Arc<App>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+/// Expires finished jobs (embedded) and refreshes the gauges that no event
+/// updates: queue depth and Redis round-trip time.
+pub(crate) async fn upkeep(app: Arc<App>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -68,6 +80,11 @@ async fn upkeep(app: Arc<App>, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(expired) => tracing::info!(message = "expired finished jobs", expired),
             Err(error) => tracing::warn!(message = "cannot expire jobs", %error),
+        }
+        if let Backing::Redis { redis, .. } = app.backing()
+            && let Err(error) = redis.ping().await
+        {
+            tracing::warn!(message = "redis does not answer", %error);
         }
         api::update_queue_gauges(app.jobs.as_ref()).await;
         crate::telemetry::metrics_handle().run_upkeep();

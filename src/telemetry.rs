@@ -16,6 +16,11 @@ pub const JOBS_COMPLETED_TOTAL: &str = "dedup2d_jobs_completed_total";
 pub const JOBS_QUEUED: &str = "dedup2d_jobs_queued";
 pub const JOBS_ACTIVE: &str = "dedup2d_jobs_active";
 pub const JOB_QUEUE_DEPTH: &str = "dedup2d_job_queue_depth";
+pub const LEASE_RECLAIMS_TOTAL: &str = "dedup2d_lease_reclaims_total";
+pub const JOBS_DEAD_LETTERED_TOTAL: &str = "dedup2d_jobs_dead_lettered_total";
+pub const JOBS_DEAD_LETTER: &str = "dedup2d_jobs_dead_letter";
+pub const JOB_RETRIES_TOTAL: &str = "dedup2d_job_retries_total";
+pub const REDIS_RTT_SECONDS: &str = "dedup2d_redis_rtt_seconds";
 pub const QUEUE_FULL_TOTAL: &str = "dedup2d_queue_full_total";
 pub const CANCEL_TOTAL: &str = "dedup2d_cancel_total";
 pub const TENANT_ACCESS_DENIED_TOTAL: &str = "dedup2d_tenant_access_denied_total";
@@ -71,6 +76,20 @@ fn describe() {
     describe_gauge!(JOBS_QUEUED, "Jobs waiting to run");
     describe_gauge!(JOBS_ACTIVE, "Jobs running now");
     describe_gauge!(JOB_QUEUE_DEPTH, "Jobs holding queue capacity (pending and running)");
+    describe_counter!(
+        LEASE_RECLAIMS_TOTAL,
+        "Running jobs put back in the queue because their worker stopped heartbeating"
+    );
+    describe_counter!(
+        JOBS_DEAD_LETTERED_TOTAL,
+        "Jobs failed after too many deliveries and kept on the dead-letter list"
+    );
+    describe_gauge!(JOBS_DEAD_LETTER, "Jobs on the dead-letter list");
+    describe_counter!(
+        JOB_RETRIES_TOTAL,
+        "Job steps retried after a transient error (Redis, storage)"
+    );
+    describe_gauge!(REDIS_RTT_SECONDS, Unit::Seconds, "Round-trip time of a Redis PING");
     describe_counter!(QUEUE_FULL_TOTAL, "Async submits refused with JOB_QUEUE_FULL");
     describe_counter!(CANCEL_TOTAL, "Cancel requests, by result");
     describe_counter!(
@@ -93,7 +112,14 @@ fn start_at_zero() {
     for status in crate::jobs::Status::ALL.iter().filter(|s| s.is_terminal()) {
         metrics::counter!(JOBS_TOTAL, "status" => status.as_str()).absolute(0);
     }
-    for name in [JOBS_SUBMITTED_TOTAL, JOBS_COMPLETED_TOTAL, QUEUE_FULL_TOTAL] {
+    for name in [
+        JOBS_SUBMITTED_TOTAL,
+        JOBS_COMPLETED_TOTAL,
+        QUEUE_FULL_TOTAL,
+        LEASE_RECLAIMS_TOTAL,
+        JOBS_DEAD_LETTERED_TOTAL,
+        JOB_RETRIES_TOTAL,
+    ] {
         metrics::counter!(name).absolute(0);
     }
     for result in ["canceled", "already_finished"] {

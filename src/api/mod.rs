@@ -33,10 +33,27 @@ const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type:
 /// Serves until `shutdown`, then stops accepting and gives open requests
 /// `drain` to finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken, drain: Duration) {
-    let api = Arc::new(routes::Api {
+    let api = routes::Api {
         tenants: Tenants::new(&app.config.api_keys),
         app: app.clone(),
-    });
+        operations_only: false,
+    };
+    accept(listener, Arc::new(api), shutdown, drain).await;
+}
+
+/// `/health`, `/ready` and `/metrics` only: what a `dedup2d work` process
+/// serves on its metrics address.
+pub async fn serve_operations(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let api = routes::Api {
+        tenants: Tenants::new(&[]),
+        app,
+        operations_only: true,
+    };
+    accept(listener, Arc::new(api), shutdown, Duration::from_secs(1)).await;
+}
+
+async fn accept(listener: TcpListener, api: Arc<routes::Api>, shutdown: CancellationToken, drain: Duration) {
+    let app = api.app.clone();
     // HTTP/1.1 only, as the original served: its header-read timeout also
     // runs while a connection sits idle before (or between) requests, so a
     // silent client cannot hold a connection slot. Cleartext HTTP/2 would

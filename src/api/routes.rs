@@ -29,6 +29,8 @@ pub type Reply = Result<Response<Full<Bytes>>, ApiError>;
 pub struct Api {
     pub app: std::sync::Arc<App>,
     pub tenants: Tenants,
+    /// A worker's metrics address serves no tenant routes.
+    pub operations_only: bool,
 }
 
 impl Api {
@@ -49,6 +51,7 @@ impl Api {
             (&Method::GET, "/health") => health(),
             (&Method::GET, "/ready") => self.ready().await,
             (&Method::GET, "/metrics") => self.metrics().await,
+            _ if self.operations_only => Err(not_found(&path)),
             (&Method::GET, "/api/v1/stats") => {
                 let tenant = self.tenants.authenticate(request.headers())?;
                 self.stats(&tenant).await
@@ -361,7 +364,8 @@ impl Api {
     }
 
     async fn ready(&self) -> Reply {
-        let checks = self.app.readiness().await;
+        let readiness = self.app.readiness().await;
+        let checks = readiness.checks;
         let failed: Vec<String> = checks
             .iter()
             .filter_map(|(name, r)| r.as_ref().err().map(|e| format!("{name}: {e}")))
@@ -371,6 +375,7 @@ impl Api {
             "ready": ready,
             "reason": if ready { "ok".to_string() } else { failed.join("; ") },
             "checks": checks.iter().map(|(name, r)| (name.to_string(), Value::Bool(r.is_ok()))).collect::<serde_json::Map<_, _>>(),
+            "warnings": readiness.warnings,
         });
         let status = if ready {
             StatusCode::OK
@@ -396,6 +401,7 @@ pub async fn update_queue_gauges(jobs: &dyn JobStore) {
         metrics::gauge!(t::JOBS_QUEUED).set(counts.pending as f64);
         metrics::gauge!(t::JOBS_ACTIVE).set(counts.running as f64);
         metrics::gauge!(t::JOB_QUEUE_DEPTH).set((counts.pending + counts.running) as f64);
+        metrics::gauge!(t::JOBS_DEAD_LETTER).set(counts.dead as f64);
     }
 }
 

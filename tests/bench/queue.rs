@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use dedup2d::engine::SearchParams;
 use dedup2d::jobs::{Claim, JobStore, NewJob, Outcome, Payload};
-use dedup2d::queue::{Keys, RedisJobs, Timing};
+use dedup2d::queue::{self, Keys, Timing};
 use dedup2d::store::FileRef;
 
 struct Redis {
@@ -97,9 +97,10 @@ async fn main() {
     };
     let mut stores = Vec::new();
     for _ in 0..clients {
-        let store = RedisJobs::connect(&url, Keys::new("dedup2d", "dedup2d:queue"), timing)
+        let store = queue::Redis::connect(&url)
             .await
-            .expect("connect");
+            .expect("connect")
+            .jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
         stores.push(Arc::new(store));
     }
 

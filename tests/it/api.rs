@@ -51,7 +51,8 @@ async fn health_ready_and_metrics_answer() {
     let ready = server.client.get(server.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(keys(&ready), sorted(&["ready", "reason", "checks"]));
+    assert_eq!(keys(&ready), sorted(&["ready", "reason", "checks", "warnings"]));
+    assert_eq!(ready["warnings"], serde_json::json!([]));
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["checks"]["database"], true);
     assert_eq!(ready["checks"]["storage"], true);

@@ -23,7 +23,7 @@ fn help_lists_every_subcommand() {
 #[test]
 fn subcommands_not_built_yet_fail_with_one_line_saying_so() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["work"][..], &["gc", "--dry-run"], &["migrate-payloads"]] {
+    for args in [&["gc", "--dry-run"][..], &["migrate-payloads"]] {
         let out = run(args, &[], dir.path());
         assert!(!out.status.success(), "{args:?} pretended to succeed");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -33,6 +33,16 @@ fn subcommands_not_built_yet_fail_with_one_line_saying_so() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn work_without_the_redis_backend_says_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["work"], &[], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("DEDUP2D_ASYNC_BACKEND=redis"), "{stderr}");
 }
 
 #[test]

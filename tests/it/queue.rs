@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use dedup2d::engine::SearchParams;
-use dedup2d::jobs::{CancelOutcome, Claim, Claimed, JobError, JobStore, NewJob, Outcome, Payload, Status};
-use dedup2d::queue::{Keys, Lease, RedisJobs, Timing};
+use dedup2d::jobs::{
+    CancelOutcome, Claim, Claimed, Delivery, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
+};
+use dedup2d::queue::{Keys, Redis, RedisJobs, Timing};
 use dedup2d::store::FileRef;
 
 use crate::support::redis::RedisServer;
@@ -19,9 +21,10 @@ async fn jobs(redis: &RedisServer) -> RedisJobs {
         lease_seconds: LEASE,
         ttl_seconds: 3600,
     };
-    RedisJobs::connect(&redis.url(), Keys::new("dedup2d", "dedup2d:queue"), timing)
+    Redis::connect(&redis.url())
         .await
         .expect("connect to the test redis")
+        .jobs(Keys::new("dedup2d", "dedup2d:queue"), timing)
 }
 
 fn new_job(id: &str, tenant: &str, created_at: f64) -> NewJob {
@@ -183,7 +186,7 @@ async fn a_handed_back_job_runs_next_without_counting_a_delivery() {
     store.admit(new_job("first", "t", 1.0), 10).await.unwrap();
     store.admit(new_job("second", "t", 2.0), 10).await.unwrap();
     let first = claim(&store, 5.0).await;
-    store.hand_back(&first).await.unwrap();
+    store.hand_back(&first, Delivery::Uncounted).await.unwrap();
     let again = claim(&store, 6.0).await;
     assert_eq!((again.job_id.as_str(), again.attempt), ("first", 1));
 }

@@ -36,9 +36,23 @@ impl Served {
     /// Starts `dedup2d serve` on `port` and waits until `/health` answers.
     pub async fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Served {
         let listen = format!("127.0.0.1:{port}");
+        let args = ["serve", "--listen", &listen, "--data-dir", &data_dir.display().to_string()].map(String::from);
+        Served::spawn(&args, &listen, data_dir, env).await
+    }
+
+    /// Starts `dedup2d work` with its metrics on `port`; `base` is that address.
+    pub async fn work(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Served {
+        let listen = format!("127.0.0.1:{port}");
+        let args = ["work", "--metrics-listen", &listen].map(String::from);
+        let data_dir_env = data_dir.display().to_string();
+        let mut env = env.to_vec();
+        env.push(("DEDUP2D_DATA_DIR", &data_dir_env));
+        Served::spawn(&args, &listen, data_dir, &env).await
+    }
+
+    async fn spawn(args: &[String], listen: &str, data_dir: &Path, env: &[(&str, &str)]) -> Served {
         let child = Command::new(BIN)
-            .args(["serve", "--listen", &listen, "--data-dir"])
-            .arg(data_dir)
+            .args(args)
             .env_clear()
             .env("DEDUP2D_LOG", "warn")
             .envs(env.iter().copied())
@@ -46,7 +60,7 @@ impl Served {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn dedup2d serve");
+            .expect("spawn dedup2d");
         let served = Served {
             child,
             base: format!("http://{listen}"),
@@ -61,7 +75,29 @@ impl Served {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("dedup2d serve did not come up on {listen}");
+        panic!("dedup2d {} did not come up on {listen}", args[0]);
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// A counter or gauge from this process's `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn kill_9(&mut self) {
@@ -70,11 +106,7 @@ impl Served {
     }
 
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
+        self.signal("TERM");
     }
 
     /// Waits (bounded) for the process to exit and returns its exit code.

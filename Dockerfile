@@ -8,7 +8,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src tests/it tests/bench \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > tests/it/main.rs && echo 'fn main() {}' > tests/bench/submit.rs && echo 'fn main() {}' > tests/bench/l2.rs && echo 'fn main() {}' > tests/bench/features.rs && echo 'fn main() {}' > tests/bench/rebuild.rs && echo 'fn main() {}' > tests/bench/queue.rs \
+    && echo 'fn main() {}' > tests/it/main.rs && echo 'fn main() {}' > tests/bench/submit.rs && echo 'fn main() {}' > tests/bench/l2.rs && echo 'fn main() {}' > tests/bench/features.rs && echo 'fn main() {}' > tests/bench/rebuild.rs && echo 'fn main() {}' > tests/bench/queue.rs && echo 'fn main() {}' > tests/bench/pipeline.rs \
     && cargo build --release --locked \
     && rm -rf src tests
 COPY src ./src

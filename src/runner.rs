@@ -185,7 +185,10 @@ async fn execute_with_retries(app: &App, job: &Claimed) -> Result<serde_json::Va
 fn is_transient(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         matches!(cause.downcast_ref(), Some(StoreError::Unavailable(_)))
-            || matches!(cause.downcast_ref(), Some(LibraryError::Unavailable(_)))
+            || matches!(
+                cause.downcast_ref(),
+                Some(LibraryError::Unavailable(_) | LibraryError::Store(StoreError::Unavailable(_)))
+            )
             || matches!(cause.downcast_ref(), Some(JobError::Unavailable(_)))
     })
 }
@@ -290,5 +293,37 @@ async fn remove_upload(app: &App, job_id: &str, file_ref: &FileRef) {
     }
     if let Err(error) = app.files.delete(file_ref).await {
         tracing::warn!(message = "finished job's upload stays behind", job_id, %error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter_below_each_step() {
+        let mut backoff = Backoff::new();
+        let mut ceiling = Backoff::FIRST;
+        for _ in 0..10 {
+            let wait = backoff.next();
+            assert!(wait >= ceiling / 2 && wait <= ceiling, "{wait:?} outside {ceiling:?}");
+            ceiling = (ceiling * 2).min(Backoff::MAX);
+        }
+        backoff.reset();
+        assert!(backoff.next() <= Backoff::FIRST);
+    }
+
+    #[test]
+    fn outages_retry_and_bad_input_does_not() {
+        let outage = anyhow::Error::new(StoreError::Unavailable("connection refused".into()))
+            .context("cannot read the uploaded file");
+        assert!(is_transient(&outage));
+        assert!(is_transient(&anyhow::Error::new(LibraryError::Unavailable("redis".into()))));
+        let library_storage = LibraryError::Store(StoreError::Unavailable("disk gone".into()));
+        assert!(is_transient(&anyhow::Error::new(library_storage)));
+        let gone = anyhow::Error::new(StoreError::NotFound("x".into())).context("cannot read the uploaded file");
+        assert!(!is_transient(&gone));
+        let unreadable = anyhow::Error::new(crate::engine::EngineError::Unreadable("not a PNG".into()));
+        assert!(!is_transient(&unreadable));
     }
 }

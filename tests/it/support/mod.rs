@@ -1,6 +1,7 @@
 //! Shared test support: servers started for real on loopback, in-process or
 //! as the built binary, and fixtures the tests generate themselves.
 
+pub mod cluster;
 pub mod fixtures;
 pub mod process;
 pub mod redis;

@@ -35,11 +35,16 @@ impl RedisServer {
         self.spawn().await;
     }
 
-    fn kill(&mut self) {
+    /// Kills the server; [`Self::resume`] starts it again on the same data.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    pub async fn resume(&mut self) {
+        self.spawn().await;
     }
 
     async fn spawn(&mut self) {

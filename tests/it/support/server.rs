@@ -60,6 +60,21 @@ impl TestServer {
         server
     }
 
+    /// A view of a server running elsewhere (a `dedup2d serve` process), for
+    /// its request helpers; keyless.
+    pub fn attach(base: &str, data_dir: &Path) -> TestServer {
+        TestServer {
+            base: base.to_string(),
+            addr: base.trim_start_matches("http://").parse().expect("http://ip:port"),
+            client: reqwest::Client::new(),
+            key: None,
+            data_dir: data_dir.to_path_buf(),
+            shutdown: CancellationToken::new(),
+            task: None,
+            _dir: None,
+        }
+    }
+
     /// `/ready` answers once the data dir is open, so a test never races
     /// the server's start-up.
     async fn wait_ready(&self) {

@@ -1,0 +1,255 @@
+//! The distributed mode end to end: `serve` on Redis, `dedup2d work`
+//! processes, a real redis-server. Workers are real processes, so they can
+//! be killed, paused and signalled as production kills them.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use futures_util::future::join_all;
+
+use crate::support::cluster::Cluster;
+use crate::support::process::run;
+use crate::support::*;
+
+const COMPLETED: &str = "dedup2d_jobs_total{status=\"completed\"}";
+
+#[tokio::test]
+async fn a_killed_worker_s_job_completes_once_on_another_worker() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let slow = [("DEDUP2D_JOB_DELAY_MS", "60000"), ("DEDUP2D_LEASE_SECONDS", "2")];
+    let mut doomed = cluster.worker(&slow).await;
+    let job = api.submit(png(1)).await;
+    api.wait_status(&job, &["in_progress"]).await;
+    doomed.kill_9();
+
+    let rescuer = cluster.worker(&[]).await;
+    let done = api.wait_terminal(&job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(rescuer.metric(COMPLETED).await, 1.0);
+    assert_eq!(rescuer.metric("dedup2d_lease_reclaims_total").await, 1.0);
+    assert_eq!(cluster.active().await, 0);
+}
+
+#[tokio::test]
+async fn a_paused_worker_cannot_overwrite_the_run_that_replaced_it() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let zombie = cluster
+        .worker(&[("DEDUP2D_JOB_DELAY_MS", "3000"), ("DEDUP2D_LEASE_SECONDS", "2")])
+        .await;
+    let job = api.submit(png(1)).await;
+    api.wait_status(&job, &["in_progress"]).await;
+    zombie.signal("STOP");
+
+    let rescuer = cluster.worker(&[]).await;
+    let done = api.wait_terminal(&job).await;
+    assert_eq!(done["status"], "completed");
+    zombie.signal("CONT");
+    // Its sleep is over: within a heartbeat it finishes or learns it lost
+    // the job, and either way is refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, after) = api.get(&format!("/jobs/{job}")).await;
+    assert_eq!(after, done, "the late write changed the job");
+    assert_eq!(zombie.metric(COMPLETED).await, 0.0);
+    assert_eq!(rescuer.metric(COMPLETED).await, 1.0);
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_on_another_process_within_a_second() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let _worker = cluster
+        .worker(&[("DEDUP2D_JOB_DELAY_MS", "60000"), ("DEDUP2D_WORKER_MAX_JOBS", "1")])
+        .await;
+    let running = api.submit(png(1)).await;
+    api.wait_status(&running, &["in_progress"]).await;
+    let pending = api.submit(png(2)).await;
+    let (_, body) = api.post(&format!("/jobs/{pending}/cancel"), None).await;
+    assert_eq!(body["canceled"], true);
+
+    let next = api.submit(png(3)).await;
+    let (_, body) = api.post(&format!("/jobs/{running}/cancel"), None).await;
+    assert_eq!(body["canceled"], true);
+    let asked = Instant::now();
+    // The worker's only slot was busy for a minute; it frees when the run stops.
+    api.wait_status(&next, &["in_progress"]).await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "the canceled run held its slot for {:?}",
+        asked.elapsed()
+    );
+    for job in [&running, &pending] {
+        let (_, now) = api.get(&format!("/jobs/{job}")).await;
+        assert_eq!(now["status"], "canceled");
+    }
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_fails_with_timeout_and_frees_its_capacity() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let _worker = cluster
+        .worker(&[
+            ("DEDUP2D_JOB_DELAY_MS", "30000"),
+            ("DEDUP2D_ASYNC_JOB_TIMEOUT_SECONDS", "1"),
+        ])
+        .await;
+    let job = api.submit(png(1)).await;
+    let done = api.wait_terminal(&job).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"], "timeout");
+    assert_eq!(cluster.active().await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_hands_back_what_the_grace_period_could_not_finish() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let mut leaving = cluster
+        .worker(&[
+            ("DEDUP2D_JOB_DELAY_MS", "60000"),
+            ("DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS", "1"),
+            ("DEDUP2D_LEASE_SECONDS", "600"),
+        ])
+        .await;
+    let job = api.submit(png(1)).await;
+    api.wait_status(&job, &["in_progress"]).await;
+    leaving.terminate();
+    assert_eq!(leaving.exit_code(Duration::from_secs(10)).await, Some(0));
+    let (_, back) = api.get(&format!("/jobs/{job}")).await;
+    assert_eq!(back["status"], "pending", "{back}");
+
+    // Handed back, not left to a ten-minute lease: the next worker runs it now.
+    let _next = cluster.worker(&[]).await;
+    let done = api.wait_terminal(&job).await;
+    assert_eq!(done["status"], "completed");
+}
+
+#[tokio::test]
+async fn work_once_runs_what_is_queued_and_exits() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let mut jobs = Vec::new();
+    for seed in 0..5 {
+        jobs.push(api.submit(png(seed)).await);
+    }
+    let url = cluster.redis.url();
+    let data_dir = cluster.data_dir.display().to_string();
+    let env = [
+        ("DEDUP2D_ASYNC_BACKEND", "redis"),
+        ("DEDUP2D_REDIS_URL", url.as_str()),
+        ("DEDUP2D_DATA_DIR", data_dir.as_str()),
+        ("DEDUP2D_LOG", "warn"),
+    ];
+    let port = format!("127.0.0.1:{}", process::free_port());
+    let out = run(&["work", "--once", "--metrics-listen", &port], &env, &cluster.data_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for job in jobs {
+        let (_, done) = api.get(&format!("/jobs/{job}")).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+}
+
+#[tokio::test]
+async fn jobs_accepted_before_a_redis_restart_all_finish() {
+    let mut cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let worker = cluster
+        .worker(&[("DEDUP2D_JOB_DELAY_MS", "300"), ("DEDUP2D_WORKER_MAX_JOBS", "2")])
+        .await;
+    let mut jobs = Vec::new();
+    for seed in 0..20 {
+        jobs.push(api.submit(png(seed)).await);
+    }
+    api.wait_terminal(&jobs[0]).await;
+    cluster.redis.restart(Duration::from_secs(1)).await;
+    for job in &jobs {
+        let done = api.wait_terminal(job).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    assert_eq!(worker.metric(COMPLETED).await, 20.0);
+    assert_eq!(cluster.active().await, 0);
+}
+
+#[tokio::test]
+async fn ready_reports_redis_down_and_warns_of_an_evicting_policy() {
+    let mut cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let cli = cluster.redis_cli().await;
+    let _: String = cli
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["SET", "maxmemory-policy", "allkeys-lru"],
+        )
+        .await
+        .unwrap();
+    let ready = api.root_json("/ready").await;
+    assert_eq!(ready["ready"], true);
+    assert!(ready["warnings"][0].as_str().unwrap().contains("allkeys-lru"), "{ready}");
+
+    cluster.redis.kill();
+    let response = api.client.get(api.url("/ready")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let ready: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], false, "{ready}");
+    cluster.redis.resume().await;
+    eventually_async("ready again once Redis is back", || async {
+        api.client.get(api.url("/ready")).send().await.map(|r| r.status() == 200).unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_apis_and_three_workers_finish_2000_jobs_once_each() {
+    const JOBS: usize = 2000;
+    let cluster = Cluster::start().await;
+    let limits = [("DEDUP2D_ASYNC_MAX_JOBS", "10000")];
+    let (_a, api_a) = cluster.api_process(&limits).await;
+    let (_b, api_b) = cluster.api_process(&limits).await;
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(cluster.worker(&[("DEDUP2D_WORKER_MAX_JOBS", "4")]).await);
+    }
+    let query = png(7);
+    let mut ids = Vec::new();
+    for batch in 0..JOBS / 50 {
+        let api = if batch % 2 == 0 { &api_a } else { &api_b };
+        ids.extend(join_all((0..50).map(|_| api.submit(query.clone()))).await);
+    }
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), JOBS);
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while cluster.active().await > 0 {
+        assert!(Instant::now() < deadline, "jobs still active after 5 minutes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cli = cluster.redis_cli().await;
+    for id in &ids {
+        let status: Option<String> = cli.hget(format!("dedup2d:job:{id}"), "status").await.unwrap();
+        assert_eq!(status.as_deref(), Some("completed"), "job {id}");
+        let result: bool = cli.exists(format!("dedup2d:result:{id}")).await.unwrap();
+        assert!(result, "job {id} has no result");
+    }
+    let mut completions = 0.0;
+    for worker in &workers {
+        completions += worker.metric(COMPLETED).await;
+    }
+    assert_eq!(completions, JOBS as f64, "one completion per job, summed over the workers");
+}
+
+/// Waits (bounded) for an async condition.
+async fn eventually_async<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never happened: {what}");
+}

@@ -24,6 +24,9 @@ use fred::types::scripts::Script;
 
 use crate::jobs::{CancelOutcome, Claim, Claimed, Counts, Job, JobError, JobStore, NewJob, Outcome, Payload, Status};
 
+mod library;
+pub use library::RedisLibrary;
+
 /// Redis key names (CONTRACT §2).
 #[derive(Debug, Clone)]
 pub struct Keys {

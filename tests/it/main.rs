@@ -5,6 +5,7 @@ mod api;
 mod errors;
 mod import;
 mod jobs;
+mod library_redis;
 mod process;
 mod queue;
 mod support;

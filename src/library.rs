@@ -4,14 +4,20 @@
 //! Indexes load lazily from stored features (start-up never re-reads
 //! drawings). Writes for one tenant go through one lock, so a rebuild cannot
 //! drop a concurrent add or bring back a concurrent delete.
+//!
+//! When several processes share a library (the distributed mode), each
+//! keeps its own indexes and [`Library::follow`]s the [`LibraryFeed`] of
+//! writes made by all of them, applying each changed drawing's current
+//! state to a loaded index.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::fine::{self, Detail, Fine};
 use crate::engine::raster::Orientation;
@@ -78,6 +84,46 @@ pub trait LibraryStore: Send + Sync {
     async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError>;
 }
 
+/// A library write: the drawing was added, removed or given new features.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub tenant_id: String,
+    pub drawing_id: String,
+}
+
+/// A place in a [`LibraryFeed`]. Only the feed that made it reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedPosition(String);
+
+impl FeedPosition {
+    pub fn new(position: impl Into<String>) -> FeedPosition {
+        FeedPosition(position.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Library writes made by any process, in order, for in-memory indexes to
+/// follow. A change names a drawing, not what happened to it: followers
+/// read its current state, so replays and a process's own writes are
+/// harmless.
+#[async_trait]
+pub trait LibraryFeed: Send + Sync {
+    /// Where the feed is now; [`Self::since`] this position lists only the
+    /// writes made after it was taken.
+    async fn position(&self) -> Result<FeedPosition, LibraryError>;
+    /// Up to `max` changes written after `position`, oldest first, and the
+    /// position after the last of them; `None` when the feed no longer
+    /// reaches back that far (changes were dropped, so indexes must reload).
+    async fn since(
+        &self,
+        position: &FeedPosition,
+        max: usize,
+    ) -> Result<Option<(Vec<Change>, FeedPosition)>, LibraryError>;
+}
+
 #[derive(Default)]
 struct Tenant {
     index: RwLock<Option<Arc<Index>>>,
@@ -88,6 +134,38 @@ pub struct Library {
     store: Arc<dyn LibraryStore>,
     files: Arc<Files>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    /// Absent in the embedded mode, where this process is the only writer.
+    follower: Option<Follower>,
+}
+
+/// How often [`Library::follow`] reads the feed: other processes' writes
+/// show in this one's searches within about this long.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// Changes read from the feed at once; a backlog is read batch after batch.
+const FOLLOW_BATCH: usize = 1000;
+
+struct Follower {
+    feed: Arc<dyn LibraryFeed>,
+    /// Up to where the loaded indexes have the feed's changes. Taken from
+    /// the feed before the first index loads, so a write made while an
+    /// index loads is replayed rather than missed.
+    position: tokio::sync::Mutex<Option<FeedPosition>>,
+}
+
+impl Follower {
+    async fn position(&self) -> Result<FeedPosition, LibraryError> {
+        let mut position = self.position.lock().await;
+        if let Some(position) = position.as_ref() {
+            return Ok(position.clone());
+        }
+        let now = self.feed.position().await?;
+        *position = Some(now.clone());
+        Ok(now)
+    }
+
+    async fn advance(&self, to: FeedPosition) {
+        *self.position.lock().await = Some(to);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -107,6 +185,19 @@ impl Library {
             store,
             files,
             tenants: Mutex::new(HashMap::new()),
+            follower: None,
+        }
+    }
+
+    /// A library that other processes write to as well: [`Self::follow`]
+    /// keeps this process's indexes up to date with `feed`.
+    pub fn with_feed(store: Arc<dyn LibraryStore>, feed: Arc<dyn LibraryFeed>, files: Arc<Files>) -> Library {
+        Library {
+            follower: Some(Follower {
+                feed,
+                position: tokio::sync::Mutex::new(None),
+            }),
+            ..Library::new(store, files)
         }
     }
 
@@ -319,6 +410,127 @@ impl Library {
         })
     }
 
+    /// Follows the feed of other processes' writes until `shutdown`, every
+    /// [`FOLLOW_EVERY`]. Returns at once without a feed (embedded mode). A
+    /// failed read is logged and tried again at the next tick.
+    pub async fn follow(&self, shutdown: CancellationToken) {
+        let Some(follower) = &self.follower else {
+            return;
+        };
+        let mut tick = tokio::time::interval(FOLLOW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let caught_up = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                caught_up = self.catch_up(follower) => caught_up,
+            };
+            if let Err(error) = caught_up {
+                tracing::warn!(message = "library feed not followed this time; retrying", %error);
+            }
+        }
+    }
+
+    /// Applies the feed's changes a batch at a time. The position moves
+    /// only past a batch applied, so an error replays it next time.
+    async fn catch_up(&self, follower: &Follower) -> Result<(), LibraryError> {
+        loop {
+            let from = follower.position().await?;
+            let Some((changes, to)) = follower.feed.since(&from, FOLLOW_BATCH).await? else {
+                return self.forget_indexes(follower).await;
+            };
+            let more = changes.len() >= FOLLOW_BATCH;
+            self.apply(changes).await?;
+            follower.advance(to).await;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The feed lost changes this process had not read: every loaded
+    /// index may be stale, so all of them reload lazily from the store.
+    /// Each is dropped under its writer lock, so a load that read the
+    /// store before the new position cannot be installed afterwards.
+    async fn forget_indexes(&self, follower: &Follower) -> Result<(), LibraryError> {
+        let now = follower.feed.position().await?;
+        let tenants: Vec<Arc<Tenant>> = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for tenant in &tenants {
+            let _writer = tenant.writer.lock().await;
+            *tenant.index.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        follower.advance(now).await;
+        tracing::warn!(
+            message = "library feed no longer reaches back; indexes reload",
+            tenants = tenants.len()
+        );
+        Ok(())
+    }
+
+    async fn apply(&self, changes: Vec<Change>) -> Result<(), LibraryError> {
+        let mut by_tenant: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for change in changes {
+            by_tenant.entry(change.tenant_id).or_default().insert(change.drawing_id);
+        }
+        for (tenant_id, drawing_ids) in by_tenant {
+            self.refresh(&tenant_id, drawing_ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings a loaded index up to the stored state of those drawings. A
+    /// tenant no one asked for yet is skipped: its index will load what is
+    /// stored now. Under the writer lock, so an index being loaded is
+    /// refreshed once its load ends rather than skipped.
+    async fn refresh(&self, tenant_id: &str, drawing_ids: BTreeSet<String>) -> Result<(), LibraryError> {
+        let tenant = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant_id)
+            .cloned();
+        let Some(tenant) = tenant else {
+            return Ok(());
+        };
+        let _writer = tenant.writer.lock().await;
+        let Some(index) = Self::loaded_index(&tenant) else {
+            return Ok(());
+        };
+        let reads = drawing_ids.iter().map(|id| self.store.drawing(tenant_id, id));
+        let current = futures_util::future::try_join_all(reads).await?;
+        let changes: Vec<(String, Option<Drawing>)> = drawing_ids
+            .into_iter()
+            .zip(current)
+            // Removing what the index lacks is a no-op; skipping it spares
+            // a copy of an index a search holds.
+            .filter(|(id, drawing)| drawing.is_some() || index.contains(id))
+            .collect();
+        drop(index);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.update_index(&tenant, |index| {
+            for (id, drawing) in changes {
+                match drawing {
+                    Some(drawing) => index.insert(&id, &drawing.features),
+                    None => {
+                        index.remove(&id);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
     fn tenant(&self, tenant_id: &str) -> Arc<Tenant> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         tenants.entry(tenant_id.to_string()).or_default().clone()
@@ -342,6 +554,9 @@ impl Library {
     async fn index_for_writer(&self, tenant_id: &str, tenant: &Tenant) -> Result<Arc<Index>, LibraryError> {
         if let Some(index) = Self::loaded_index(tenant) {
             return Ok(index);
+        }
+        if let Some(follower) = &self.follower {
+            follower.position().await?;
         }
         let drawings = self.store.all(tenant_id).await?;
         let mut index = Index::with_capacity(drawings.len());

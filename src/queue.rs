@@ -29,6 +29,9 @@ use crate::jobs::{
 };
 use crate::telemetry as t;
 
+mod library;
+pub use library::RedisLibrary;
+
 /// Redis key names (CONTRACT §2).
 #[derive(Debug, Clone)]
 pub struct Keys {

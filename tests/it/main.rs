@@ -6,6 +6,7 @@ mod distributed;
 mod errors;
 mod import;
 mod jobs;
+mod library_redis;
 mod process;
 mod queue;
 mod support;

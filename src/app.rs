@@ -79,13 +79,12 @@ impl App {
                 Library::new(Arc::new(db.clone()), files.clone()),
                 Arc::new(db.clone()),
             ),
-            Backing::Redis { jobs, .. } => {
-                // Until the Redis library lands, libraries stay in the local database.
-                let db = Db::open(&config.data_dir, config.async_ttl)?;
+            Backing::Redis { redis, jobs } => {
+                let library = Arc::new(redis.library(Keys::new(&config.redis_key_prefix, &config.arq_queue_name)));
                 (
                     jobs.clone(),
-                    Library::new(Arc::new(db.clone()), files.clone()),
-                    Arc::new(db),
+                    Library::with_feed(library.clone(), library.clone(), files.clone()),
+                    library,
                 )
             }
         };

@@ -269,7 +269,9 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
         Command::Config(args) => (args, false),
         Command::Work(args) => {
             let config = load_config(cli.config, env, args.overrides())?;
-            return service(&config, |shutdown| crate::work::run(config.clone(), args.options(), shutdown));
+            return service(&config, |shutdown| {
+                crate::work::run(config.clone(), args.options(), shutdown)
+            });
         }
         Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
         Command::MigratePayloads(_) => bail!("`dedup2d migrate-payloads` is not built yet: it arrives with issue #5"),

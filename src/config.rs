@@ -95,7 +95,11 @@ const SETTINGS: &[Setting] = &[
         &["DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS"],
         "25",
     ),
-    setting("redis_url", &["DEDUP2D_REDIS_URL", "REDIS_URL"], "redis://127.0.0.1:6379"),
+    setting(
+        "redis_url",
+        &["DEDUP2D_REDIS_URL", "REDIS_URL"],
+        "redis://127.0.0.1:6379",
+    ),
     setting("redis_key_prefix", &["DEDUP2D_REDIS_KEY_PREFIX"], "dedup2d"),
     setting("arq_queue_name", &["DEDUP2D_ARQ_QUEUE_NAME"], "dedup2d:queue"),
     setting("worker_max_jobs", &["DEDUP2D_WORKER_MAX_JOBS"], "10"),
@@ -568,7 +572,10 @@ mod tests {
     fn the_redis_backend_reads_the_original_variables() {
         let config = load(
             None,
-            &[("DEDUP2D_ASYNC_BACKEND", "redis"), ("REDIS_URL", "redis://cache:6380/2")],
+            &[
+                ("DEDUP2D_ASYNC_BACKEND", "redis"),
+                ("REDIS_URL", "redis://cache:6380/2"),
+            ],
             &[],
         )
         .unwrap();
@@ -578,7 +585,10 @@ mod tests {
         let err = load(None, &[("DEDUP2D_REDIS_URL", "cache:6379")], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("redis_url") && err.contains("env DEDUP2D_REDIS_URL"), "{err}");
+        assert!(
+            err.contains("redis_url") && err.contains("env DEDUP2D_REDIS_URL"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -755,11 +755,14 @@ mod tests {
         drop(db);
 
         let db = open(dir.path());
-        assert_eq!(db.counts().await.unwrap(), Counts {
+        assert_eq!(
+            db.counts().await.unwrap(),
+            Counts {
                 pending: 1,
                 running: 0,
                 dead: 0
-            });
+            }
+        );
         let Claim::Run(second) = db.claim(3.0, 2).await.unwrap() else {
             panic!("runs again")
         };

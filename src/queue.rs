@@ -118,6 +118,10 @@ impl Redis {
         RedisJobs::new(self.client.clone(), keys, timing)
     }
 
+    pub fn library(&self, keys: Keys) -> RedisLibrary {
+        RedisLibrary::new(self.client.clone(), keys)
+    }
+
     /// One PING; its round-trip time is exported as a gauge. Gives up after
     /// a second, so a readiness probe answers while Redis is down.
     pub async fn ping(&self) -> Result<Duration, JobError> {

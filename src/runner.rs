@@ -318,7 +318,9 @@ mod tests {
         let outage = anyhow::Error::new(StoreError::Unavailable("connection refused".into()))
             .context("cannot read the uploaded file");
         assert!(is_transient(&outage));
-        assert!(is_transient(&anyhow::Error::new(LibraryError::Unavailable("redis".into()))));
+        assert!(is_transient(&anyhow::Error::new(LibraryError::Unavailable(
+            "redis".into()
+        ))));
         let library_storage = LibraryError::Store(StoreError::Unavailable("disk gone".into()));
         assert!(is_transient(&anyhow::Error::new(library_storage)));
         let gone = anyhow::Error::new(StoreError::NotFound("x".into())).context("cannot read the uploaded file");

@@ -39,7 +39,10 @@ pub async fn run_on(listener: TcpListener, config: Config, shutdown: Cancellatio
         data_dir = %app.config.data_dir.display(),
         tenants = if app.config.api_keys.is_empty() { "local (no API keys)".to_string() } else { app.config.api_keys.len().to_string() },
     );
-    let mut tasks = vec![tokio::spawn(upkeep(app.clone(), UPKEEP_EVERY, shutdown.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(upkeep(app.clone(), UPKEEP_EVERY, shutdown.clone())),
+        tokio::spawn(follow_library(app.clone(), shutdown.clone())),
+    ];
     if embedded {
         let runners = Runners {
             count: app.config.async_max_concurrency,
@@ -65,6 +68,12 @@ fn refuse_open_on_network(config: &Config, address: std::net::SocketAddr) -> any
         );
     }
     Ok(())
+}
+
+/// Keeps this process's library indexes in step with other processes'
+/// writes (a no-op on the embedded backend, where there are none).
+pub(crate) async fn follow_library(app: Arc<App>, shutdown: CancellationToken) {
+    app.library.follow(shutdown).await;
 }
 
 /// Expires finished jobs (embedded) and refreshes the gauges that no event

@@ -75,6 +75,7 @@ pub async fn work(app: Arc<App>, metrics: TcpListener, once: bool, shutdown: Can
     let tasks = [
         tokio::spawn(api::serve_operations(metrics, app.clone(), side.clone())),
         tokio::spawn(crate::serve::upkeep(app.clone(), UPKEEP_EVERY, side.clone())),
+        tokio::spawn(crate::serve::follow_library(app.clone(), side.clone())),
     ];
     let runners = Runners {
         count: app.config.worker_max_jobs,

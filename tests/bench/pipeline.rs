@@ -112,7 +112,12 @@ async fn main() {
     let base = format!("http://{listen}/api/v1/dedup/2d");
     let http = reqwest::Client::new();
     for seed in 0..12 {
-        let added = http.post(format!("{base}/index/add")).multipart(form(&drawing(seed))).send().await.unwrap();
+        let added = http
+            .post(format!("{base}/index/add"))
+            .multipart(form(&drawing(seed)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(added.status(), 200, "{}", added.text().await.unwrap());
     }
     let metrics: Vec<String> = (0..workers).map(|_| format!("127.0.0.1:{}", free_port())).collect();
@@ -159,7 +164,14 @@ async fn main() {
     let drained = started.elapsed();
     let mut completed = 0.0;
     for listen in &metrics {
-        let text = http.get(format!("http://{listen}/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = http
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         completed += text
             .lines()
             .find_map(|l| l.strip_prefix("dedup2d_jobs_total{status=\"completed\"} "))

@@ -187,7 +187,10 @@ async fn ready_reports_redis_down_and_warns_of_an_evicting_policy() {
         .unwrap();
     let ready = api.root_json("/ready").await;
     assert_eq!(ready["ready"], true);
-    assert!(ready["warnings"][0].as_str().unwrap().contains("allkeys-lru"), "{ready}");
+    assert!(
+        ready["warnings"][0].as_str().unwrap().contains("allkeys-lru"),
+        "{ready}"
+    );
 
     cluster.redis.kill();
     let response = api.client.get(api.url("/ready")).send().await.unwrap();
@@ -196,7 +199,12 @@ async fn ready_reports_redis_down_and_warns_of_an_evicting_policy() {
     assert_eq!(ready["checks"]["redis"], false, "{ready}");
     cluster.redis.resume().await;
     eventually_async("ready again once Redis is back", || async {
-        api.client.get(api.url("/ready")).send().await.map(|r| r.status() == 200).unwrap_or(false)
+        api.client
+            .get(api.url("/ready"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
     })
     .await;
 }
@@ -236,7 +244,10 @@ async fn two_apis_and_three_workers_finish_2000_jobs_once_each() {
     for worker in &workers {
         completions += worker.metric(COMPLETED).await;
     }
-    assert_eq!(completions, JOBS as f64, "one completion per job, summed over the workers");
+    assert_eq!(
+        completions, JOBS as f64,
+        "one completion per job, summed over the workers"
+    );
 }
 
 /// Waits (bounded) for an async condition.
@@ -252,4 +263,30 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_drawing_added_through_one_api_is_found_by_every_worker_within_a_second() {
+    let cluster = Cluster::start().await;
+    let api_a = cluster.api(&[]).await;
+    let (_b, api_b) = cluster.api_process(&[]).await;
+    let _worker = cluster.worker(&[]).await;
+    // Every process has loaded the (empty) library before the add.
+    let before = api_b.wait_terminal(&api_b.submit(png(1)).await).await;
+    assert_eq!(before["result"]["total_matches"], 0, "{before}");
+    let (status, _) = api_b.post("/search", Some(form(png(1), "q.png"))).await;
+    assert_eq!(status, 200);
+
+    let drawing = api_a.add(png(1), "part.png").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let found = api_b.wait_terminal(&api_b.submit(png(1)).await).await;
+    assert_eq!(found["result"]["duplicates"][0]["drawing_id"], drawing, "{found}");
+    let (_, sync) = api_b.post("/search", Some(form(png(1), "q.png"))).await;
+    assert_eq!(sync["duplicates"][0]["drawing_id"], drawing, "{sync}");
+
+    let (status, _) = api_b.delete_as(&format!("/index/{drawing}"), None).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gone = api_a.wait_terminal(&api_a.submit(png(1)).await).await;
+    assert_eq!(gone["result"]["total_matches"], 0, "{gone}");
 }

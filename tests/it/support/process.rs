@@ -36,7 +36,14 @@ impl Served {
     /// Starts `dedup2d serve` on `port` and waits until `/health` answers.
     pub async fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Served {
         let listen = format!("127.0.0.1:{port}");
-        let args = ["serve", "--listen", &listen, "--data-dir", &data_dir.display().to_string()].map(String::from);
+        let args = [
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ]
+        .map(String::from);
         Served::spawn(&args, &listen, data_dir, env).await
     }
 

@@ -598,6 +598,19 @@ impl LibraryStore for Db {
             .await?)
     }
 
+    async fn tenants(&self) -> Result<Vec<String>, LibraryError> {
+        Ok(self
+            .call(|inner| {
+                let tenants = inner
+                    .conn
+                    .prepare_cached("SELECT DISTINCT tenant_id FROM drawings")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                Ok(tenants)
+            })
+            .await?)
+    }
+
     async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError> {
         let tenant_id = tenant_id.to_string();
         let ids = drawing_ids.to_vec();

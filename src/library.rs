@@ -82,6 +82,8 @@ pub trait LibraryStore: Send + Sync {
     ) -> Result<HashMap<String, Vec<u8>>, LibraryError>;
     /// What a search result reports of those drawings that still exist.
     async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError>;
+    /// Every tenant that has a drawing.
+    async fn tenants(&self) -> Result<Vec<String>, LibraryError>;
 }
 
 /// A library write: the drawing was added, removed or given new features.
@@ -395,6 +397,16 @@ impl Library {
         };
         let fingerprint = blocking(move || engine::fingerprint(&bytes, limits)).await?;
         Ok(fingerprint.map_err(|e| e.to_string()))
+    }
+
+    /// Loads every tenant's index now rather than at its first search: a new
+    /// worker builds its indexes before jobs wait on them.
+    pub async fn preload(&self) -> Result<LoadedIndexes, LibraryError> {
+        for tenant_id in self.store.tenants().await? {
+            let tenant = self.tenant(&tenant_id);
+            self.index(&tenant_id, &tenant).await?;
+        }
+        Ok(self.loaded())
     }
 
     pub fn loaded(&self) -> LoadedIndexes {

@@ -77,6 +77,14 @@ pub async fn work(app: Arc<App>, metrics: TcpListener, once: bool, shutdown: Can
         tokio::spawn(crate::serve::upkeep(app.clone(), UPKEEP_EVERY, side.clone())),
         tokio::spawn(crate::serve::follow_library(app.clone(), side.clone())),
     ];
+    match app.library.preload().await {
+        Ok(loaded) => tracing::info!(
+            message = "library indexes built",
+            tenants = loaded.tenants,
+            drawings = loaded.drawings
+        ),
+        Err(error) => tracing::warn!(message = "library indexes load at each tenant's first job", %error),
+    }
     let runners = Runners {
         count: app.config.worker_max_jobs,
         once,

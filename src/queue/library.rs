@@ -491,6 +491,29 @@ impl LibraryStore for RedisLibrary {
             .collect())
     }
 
+    async fn tenants(&self) -> Result<Vec<String>, LibraryError> {
+        let pattern = self.keys.library("*", "order");
+        let (head, tail) = pattern.split_once('*').expect("the pattern has a wildcard");
+        let mut tenants = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, keys): (String, Vec<String>) = self
+                .client
+                .scan_page(cursor, pattern.clone(), Some(1000), None)
+                .await
+                .map_err(unavailable)?;
+            tenants.extend(
+                keys.iter()
+                    .filter_map(|key| key.strip_prefix(head)?.strip_suffix(tail))
+                    .map(str::to_string),
+            );
+            if next == "0" {
+                return Ok(tenants);
+            }
+            cursor = next;
+        }
+    }
+
     async fn details(&self, tenant_id: &str, drawing_ids: &[String]) -> Result<HashMap<String, Details>, LibraryError> {
         let found = self.rows(tenant_id, "drawings", drawing_ids).await?;
         let mut details = HashMap::with_capacity(found.len());

@@ -139,6 +139,26 @@ async fn the_library_store_contract_holds_on_redis() {
         .insert(&drawing("t", "a", 0.0), None)
         .await
         .expect("a removed id is free again");
+
+    store.insert(&drawing("u", "x", 0.0), None).await.unwrap();
+    let mut tenants = store.tenants().await.unwrap();
+    tenants.sort();
+    assert_eq!(tenants, ["t", "u"]);
+    store.remove("u", "x").await.unwrap();
+    assert_eq!(
+        store.tenants().await.unwrap(),
+        ["t"],
+        "a tenant whose library emptied is gone"
+    );
+    let files = tempfile::tempdir().unwrap();
+    let files = Arc::new(Files::local(&files.path().join("up"), &files.path().join("lib")).unwrap());
+    let library = Library::with_feed(store.clone(), store.clone(), files);
+    let loaded = library.preload().await.unwrap();
+    assert_eq!(
+        (loaded.tenants, loaded.drawings),
+        (1, 3),
+        "a new worker builds its indexes at start"
+    );
 }
 
 #[tokio::test]

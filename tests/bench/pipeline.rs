@@ -7,6 +7,9 @@
 //! connections submit `PIPELINE_JOBS` (default 10,000) async searches of a
 //! small PNG (a 12-drawing library is added first, so every search finds a
 //! duplicate). The clock stops when the last job has completed.
+//! `PIPELINE_QUERY=blank` submits a blank 96×96 page instead: the engine
+//! finds no ink and returns at once, which measures the pipeline itself
+//! (HTTP, upload, Redis, claim, result) rather than the search.
 //!
 //! Run with `cargo bench --bench pipeline` (add `PIPELINE_WORKERS=2`).
 
@@ -79,7 +82,7 @@ fn dedup2d(args: &[&str], redis: &str, data_dir: &Path, port: u16) -> Process {
 /// A 96×96 line drawing, different for each seed.
 fn drawing(seed: u32) -> Vec<u8> {
     let mut image = GrayImage::from_pixel(96, 96, Luma([255]));
-    for i in 8..88 {
+    for i in (8..88).filter(|_| seed != BLANK) {
         image.put_pixel(i, 8 + seed % 70, Luma([0]));
         image.put_pixel(8 + (seed * 7) % 70, i, Luma([0]));
         image.put_pixel(i, i, Luma([0]));
@@ -88,6 +91,8 @@ fn drawing(seed: u32) -> Vec<u8> {
     image.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).unwrap();
     png
 }
+
+const BLANK: u32 = u32::MAX;
 
 fn form(png: &[u8]) -> reqwest::multipart::Form {
     let part = reqwest::multipart::Part::bytes(png.to_vec())
@@ -131,7 +136,8 @@ async fn main() {
 
     let redis = Client::new(Config::from_url(&url).unwrap(), None, None, None);
     redis.init().await.unwrap();
-    let query = Arc::new(drawing(3));
+    let blank = std::env::var("PIPELINE_QUERY").is_ok_and(|q| q == "blank");
+    let query = Arc::new(drawing(if blank { BLANK } else { 3 }));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let submitters: Vec<_> = (0..clients)
@@ -181,8 +187,9 @@ async fn main() {
     assert_eq!(completed as usize, jobs, "every job completed, once");
     let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
     println!(
-        "{jobs} jobs, {workers} worker process(es), {clients} clients: submitted in {:.2} s ({:.0}/s), \
+        "{jobs} {} jobs, {workers} worker process(es), {clients} clients: submitted in {:.2} s ({:.0}/s), \
          all completed in {:.2} s ({:.0} jobs/s end to end)",
+        if blank { "blank-page" } else { "drawing" },
         submitted.as_secs_f64(),
         rate(submitted),
         drained.as_secs_f64(),

@@ -546,9 +546,12 @@ impl JobStore for RedisJobs {
             },
             "failed" => {
                 metrics::counter!(t::JOBS_DEAD_LETTERED_TOTAL).increment(1);
+                // The upload stays: `requeue_dead` may run the job again.
+                // Once the job's keys expire no live job needs it, and `gc`
+                // removes it.
                 Claim::Failed {
                     job_id: text(2),
-                    file_ref: payload.ok().map(|p| p.file_ref),
+                    file_ref: None,
                     error: text(5),
                 }
             }

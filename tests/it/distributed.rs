@@ -290,3 +290,40 @@ async fn a_drawing_added_through_one_api_is_found_by_every_worker_within_a_secon
     let gone = api_a.wait_terminal(&api_a.submit(png(1)).await).await;
     assert_eq!(gone["result"]["total_matches"], 0, "{gone}");
 }
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_and_can_be_replayed() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let mut doomed = cluster
+        .worker(&[("DEDUP2D_JOB_DELAY_MS", "60000"), ("DEDUP2D_LEASE_SECONDS", "2")])
+        .await;
+    let job = api.submit(png(1)).await;
+    api.wait_status(&job, &["in_progress"]).await;
+    doomed.kill_9();
+
+    let strict = cluster.worker(&[("DEDUP2D_MAX_DELIVERIES", "1")]).await;
+    let failed = api.wait_terminal(&job).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"].as_str().unwrap().contains("deliveries"), "{failed}");
+    assert_eq!(strict.metric("dedup2d_jobs_dead_lettered_total").await, 1.0);
+    assert_eq!(cluster.active().await, 0);
+
+    let url = cluster.redis.url();
+    let env = [("DEDUP2D_ASYNC_BACKEND", "redis"), ("DEDUP2D_REDIS_URL", url.as_str())];
+    let listed = run(&["work", "--list-dead"], &env, &cluster.data_dir);
+    assert!(listed.status.success());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), job);
+    let replayed = run(&["work", "--requeue-dead"], &env, &cluster.data_dir);
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&replayed.stdout).trim(), job);
+
+    let done = api.wait_terminal(&job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let listed = run(&["work", "--list-dead"], &env, &cluster.data_dir);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "");
+}

@@ -190,6 +190,7 @@ pub trait JobStore: Send + Sync {
     /// Puts a running job back at the head of the queue, for another run.
     async fn hand_back(&self, job: &Claimed, delivery: Delivery) -> Result<(), JobError>;
     async fn counts(&self) -> Result<Counts, JobError>;
-    /// Deletes finished jobs whose time to live has passed.
+    /// Deletes finished jobs whose time to live has passed, and returns
+    /// running jobs whose lease ran out to the queue (upkeep calls it).
     async fn expire(&self, now: f64) -> Result<u64, JobError>;
 }

@@ -163,6 +163,7 @@ pub struct RedisJobs {
 struct Scripts {
     admit: Script,
     claim: Script,
+    reclaim: Script,
     heartbeat: Script,
     finish: Script,
     hand_back: Script,
@@ -186,10 +187,10 @@ for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}) do redis.call('EXPIRE
 return {1, live + 1}
 "#;
 
-/// KEYS: queue, leases, active, dead. ARGV: now, lease seconds,
-/// max deliveries, prefix, ttl. Returns {kind, reclaimed, id, attempt,
-/// payload, created_at | error}.
-const CLAIM: &str = r#"
+/// The start of [`CLAIM`] and all of [`RECLAIM`]: jobs whose lease ran out
+/// go back to the head of the queue. KEYS: queue, leases. ARGV[1]: now,
+/// ARGV[4]: prefix.
+const RECLAIM_EXPIRED: &str = r#"
 local now = tonumber(ARGV[1])
 local reclaimed = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
@@ -202,6 +203,15 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     reclaimed = reclaimed + 1
   end
 end
+"#;
+
+/// Returns the number of jobs reclaimed.
+const RECLAIM: &str = "return reclaimed";
+
+/// After [`RECLAIM_EXPIRED`]. KEYS: queue, leases, active, dead. ARGV:
+/// now, lease seconds, max deliveries, prefix, ttl. Returns {kind,
+/// reclaimed, id, attempt, payload, created_at | error}.
+const CLAIM: &str = r#"
 while true do
   local id = redis.call('LPOP', KEYS[1])
   if not id then return {'empty', reclaimed} end
@@ -329,7 +339,8 @@ impl RedisJobs {
             timing,
             scripts: Scripts {
                 admit: Script::from_lua(ADMIT),
-                claim: Script::from_lua(CLAIM),
+                claim: Script::from_lua(format!("{RECLAIM_EXPIRED}{CLAIM}")),
+                reclaim: Script::from_lua(format!("{RECLAIM_EXPIRED}{RECLAIM}")),
                 heartbeat: Script::from_lua(HEARTBEAT),
                 finish: Script::from_lua(FINISH),
                 hand_back: Script::from_lua(HAND_BACK),
@@ -404,6 +415,13 @@ impl RedisJobs {
             callback_finished_at: number("callback_finished_at"),
             callback_last_error: text("callback_last_error"),
         })
+    }
+}
+
+fn count_reclaims(reclaimed: u64) {
+    if reclaimed > 0 {
+        tracing::warn!(message = "reclaimed jobs whose worker stopped heartbeating", reclaimed);
+        metrics::counter!(t::LEASE_RECLAIMS_TOTAL).increment(reclaimed);
     }
 }
 
@@ -517,11 +535,7 @@ impl JobStore for RedisJobs {
             self.timing.ttl_seconds.to_string(),
         ];
         let found: Vec<Value> = self.run(&self.scripts.claim, keys, args).await?;
-        let reclaimed = found.get(1).and_then(Value::as_u64).unwrap_or(0);
-        if reclaimed > 0 {
-            tracing::warn!(message = "reclaimed jobs whose worker stopped heartbeating", reclaimed);
-            metrics::counter!(t::LEASE_RECLAIMS_TOTAL).increment(reclaimed);
-        }
+        count_reclaims(found.get(1).and_then(Value::as_u64).unwrap_or(0));
         let text = |i: usize| found.get(i).and_then(Value::as_string).unwrap_or_default();
         let payload = serde_json::from_str::<Payload>(&text(4));
         Ok(match text(0).as_str() {
@@ -594,8 +608,14 @@ impl JobStore for RedisJobs {
         Ok(Counts { pending, running, dead })
     }
 
-    /// Redis expires job keys by their TTL; [`LIST`] forgets the ids.
-    async fn expire(&self, _now: f64) -> Result<u64, JobError> {
+    /// Redis drops finished jobs' keys at their TTL ([`LIST`] forgets the
+    /// ids); what upkeep does here is return jobs whose worker is gone to
+    /// the queue even while no worker claims.
+    async fn expire(&self, now: f64) -> Result<u64, JobError> {
+        let keys = vec![self.keys.queue.clone(), self.keys.leases()];
+        let args = vec![now.to_string(), String::new(), String::new(), self.keys.prefix.clone()];
+        let reclaimed: u64 = self.run(&self.scripts.reclaim, keys, args).await?;
+        count_reclaims(reclaimed);
         Ok(0)
     }
 }

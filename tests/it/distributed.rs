@@ -327,3 +327,49 @@ async fn a_job_that_keeps_killing_its_workers_is_dead_lettered_and_can_be_replay
     let listed = run(&["work", "--list-dead"], &env, &cluster.data_dir);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "");
 }
+
+#[tokio::test]
+async fn a_worker_serves_health_and_the_queue_metrics_on_its_own_address() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let worker = cluster.worker(&[("DEDUP2D_JOB_DELAY_MS", "60000")]).await;
+    let job = api.submit(png(1)).await;
+    api.wait_status(&job, &["in_progress"]).await;
+    let http = reqwest::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("{}/health", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    let search = http.get(format!("{}{PREFIX}/jobs", worker.base)).send().await.unwrap();
+    assert_eq!(search.status(), 404, "a worker's metrics address serves no API");
+
+    eventually_async("the worker's gauges see the running job", || async {
+        worker.metric("dedup2d_jobs_active").await == 1.0
+    })
+    .await;
+    assert_eq!(worker.metric("dedup2d_job_queue_depth").await, 1.0);
+    assert!(worker.metric("dedup2d_redis_rtt_seconds").await > 0.0);
+    let text = http
+        .get(format!("{}/metrics", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "dedup2d_jobs_queued ",
+        "dedup2d_lease_reclaims_total ",
+        "dedup2d_jobs_dead_lettered_total ",
+        "dedup2d_jobs_dead_letter ",
+        "dedup2d_job_retries_total ",
+        "dedup2d_jobs_total{status=\"completed\"} ",
+    ] {
+        assert!(text.contains(name), "{name} missing from the worker's /metrics");
+    }
+}

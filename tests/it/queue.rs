@@ -106,6 +106,21 @@ async fn a_worker_that_lost_its_lease_cannot_overwrite_the_result() {
 }
 
 #[tokio::test]
+async fn upkeep_returns_a_dead_worker_s_job_to_the_queue_while_nobody_claims() {
+    let redis = RedisServer::start().await;
+    let store = jobs(&redis).await;
+    store.admit(new_job("j", "t", 1.0), 10).await.unwrap();
+    let orphan = claim(&store, 100.0).await;
+    store.expire(100.0 + LEASE - 1.0).await.unwrap();
+    assert_eq!(store.get("j").await.unwrap().unwrap().status, Status::InProgress);
+    store.expire(100.0 + LEASE + 1.0).await.unwrap();
+    let job = store.get("j").await.unwrap().unwrap();
+    assert_eq!((job.status, job.started_at), (Status::Pending, None));
+    assert_eq!(store.heartbeat(&orphan, 200.0).await.unwrap(), Lease::Lost);
+    assert_eq!(claim(&store, 201.0).await.attempt, 2);
+}
+
+#[tokio::test]
 async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list_until_replayed() {
     let redis = RedisServer::start().await;
     let store = jobs(&redis).await;

@@ -336,15 +336,7 @@ async fn a_worker_serves_health_and_the_queue_metrics_on_its_own_address() {
     let job = api.submit(png(1)).await;
     api.wait_status(&job, &["in_progress"]).await;
     let http = reqwest::Client::new();
-    let health: serde_json::Value = http
-        .get(format!("{}/health", worker.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "healthy");
+    assert_eq!(worker.json("/health").await["status"], "healthy");
     let search = http.get(format!("{}{PREFIX}/jobs", worker.base)).send().await.unwrap();
     assert_eq!(search.status(), 404, "a worker's metrics address serves no API");
 

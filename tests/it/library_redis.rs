@@ -150,9 +150,8 @@ async fn the_library_store_contract_holds_on_redis() {
         ["t"],
         "a tenant whose library emptied is gone"
     );
-    let files = tempfile::tempdir().unwrap();
-    let files = Arc::new(Files::local(&files.path().join("up"), &files.path().join("lib")).unwrap());
-    let library = Library::with_feed(store.clone(), store.clone(), files);
+    let dir = tempfile::tempdir().unwrap();
+    let library = Library::with_feed(store.clone(), store.clone(), shared_files(&dir));
     let loaded = library.preload().await.unwrap();
     assert_eq!(
         (loaded.tenants, loaded.drawings),
@@ -320,15 +319,19 @@ fn shared_files(dir: &tempfile::TempDir) -> Arc<Files> {
     Arc::new(Files::local(&dir.path().join("uploads"), &dir.path().join("library")).expect("files"))
 }
 
+/// Two processes on one Redis and one shared disk.
+async fn two_processes(redis: &RedisServer) -> (tempfile::TempDir, Process, Process) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = shared_files(&dir);
+    let a = Process::start(redis, &files).await;
+    let b = Process::start(redis, &files).await;
+    (dir, a, b)
+}
+
 #[tokio::test]
 async fn a_write_through_one_process_shows_in_the_others_search() {
     let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let files = shared_files(&dir);
-    let (a, b) = (
-        Process::start(&redis, &files).await,
-        Process::start(&redis, &files).await,
-    );
+    let (_dir, a, b) = two_processes(&redis).await;
     let drawing = png(1);
     assert!(
         found(&b.search("t", &drawing).await).is_empty(),
@@ -401,12 +404,7 @@ async fn stats_count_per_tenant() {
 #[tokio::test]
 async fn a_process_that_lost_its_place_in_the_feed_reloads_its_indexes() {
     let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let files = shared_files(&dir);
-    let (a, b) = (
-        Process::start(&redis, &files).await,
-        Process::start(&redis, &files).await,
-    );
+    let (_dir, a, b) = two_processes(&redis).await;
     add(&a.library, "t", "d1", png(1), 1.0).await;
     assert_eq!(found(&b.search("t", &png(1)).await), ["d1"]);
 

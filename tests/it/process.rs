@@ -182,14 +182,7 @@ async fn kill_9_during_a_burst_loses_no_accepted_job() {
         seen.insert(job_id.clone());
     }
     assert_eq!(seen.len(), accepted.len());
-    let library_now: serde_json::Value = client
-        .get(format!("{}{PREFIX}/index", served.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let library_now = served.json(&format!("{PREFIX}/index")).await;
     assert_eq!(library_now["total"], 3);
 }
 

@@ -94,6 +94,16 @@ impl Served {
         assert!(status.success(), "kill -{name}");
     }
 
+    /// A GET of `path` on this process, as JSON.
+    pub async fn json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// A counter or gauge from this process's `/metrics` (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.base))

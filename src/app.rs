@@ -62,9 +62,10 @@ impl App {
         let backing = match config.async_backend {
             Backend::InProcess => Backing::Embedded(Db::open(&config.data_dir, config.async_ttl)?),
             Backend::Redis => {
-                let redis = Redis::connect(&config.redis_url)
-                    .await
-                    .with_context(|| format!("cannot reach Redis at {} (DEDUP2D_REDIS_URL)", config.redis_url))?;
+                let redis = Redis::connect(&config.redis_url).await.with_context(|| {
+                    let url = crate::config::redacted_url(&config.redis_url);
+                    format!("cannot reach Redis at {url} (DEDUP2D_REDIS_URL)")
+                })?;
                 let timing = Timing {
                     lease_seconds: config.lease.as_secs_f64(),
                     ttl_seconds: config.async_ttl.as_secs(),

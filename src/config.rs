@@ -306,6 +306,8 @@ impl Config {
             let (value, source) = &self.values[s.key];
             let shown = if s.secret && !value.is_empty() {
                 format!("<{} redacted>", self.api_keys.len())
+            } else if s.key == "redis_url" {
+                redacted_url(value)
             } else {
                 value.clone()
             };
@@ -320,6 +322,21 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("dedup2d.db")
+    }
+}
+
+/// A URL with its password (`redis://user:secret@host`) replaced, for
+/// output and logs.
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -6,12 +6,18 @@
 //! `../shared/data/librecad-png` and the DXF of `../shared/data/librecad-dxf`
 //! when present; otherwise it says so and measures nothing.
 //! `tests/bench/imagehash_side_by_side.sh` runs it beside Python
-//! `imagehash` on the same PNGs and prints the ratio.
+//! `imagehash` on the same PNGs and prints the ratio. The same PNGs shrunk
+//! to 96 px are timed too: ink smaller than the 256² L2 grid is upsampled,
+//! another path than a large page's, and it is what the pipeline bench's
+//! 96 × 96 drawings take.
 
+use std::io::Cursor;
 use std::path::Path;
 use std::time::Instant;
 
 use dedup2d::engine::{self, Limits};
+use image::ImageFormat;
+use image::imageops::FilterType;
 
 fn files(dir: &str, extension: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -56,15 +62,36 @@ fn report(label: &str, files: &[(String, Vec<u8>)], f: impl Fn(&[u8])) {
     );
 }
 
+/// Each PNG resized to 96 px on its longer side and encoded again.
+fn shrunk(pngs: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    pngs.iter()
+        .filter_map(|(name, bytes)| {
+            let small = image::load_from_memory(bytes)
+                .ok()?
+                .resize(96, 96, FilterType::Triangle);
+            let mut png = Vec::new();
+            small.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).ok()?;
+            Some((name.clone(), png))
+        })
+        .collect()
+}
+
 fn main() {
     let limits = Limits::default();
     let pngs = files("../shared/data/librecad-png", "png");
+    let small_pngs = shrunk(&pngs);
     let dxfs = files("../shared/data/librecad-dxf", "dxf");
     let big_dxfs: Vec<_> = dxfs.iter().filter(|(_, b)| b.len() >= 100_000).cloned().collect();
     report("PNG fingerprint (library add)", &pngs, |b| {
         let _ = engine::fingerprint(b, limits);
     });
     report("PNG query (fingerprint + 8 probes)", &pngs, |b| {
+        let _ = engine::query(b, limits);
+    });
+    report("96-px PNG fingerprint", &small_pngs, |b| {
+        let _ = engine::fingerprint(b, limits);
+    });
+    report("96-px PNG query", &small_pngs, |b| {
         let _ = engine::query(b, limits);
     });
     report("DXF fingerprint, all", &dxfs, |b| {

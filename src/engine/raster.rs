@@ -646,9 +646,16 @@ impl Integral {
         // once per column and row, not per cell.
         let columns: Vec<Span> = (0..n).map(|tx| Span::of(left, tx, step, self.w)).collect();
         let mut cells = Vec::with_capacity(n * n);
+        let mut above: Option<Span> = None;
         for ty in 0..n {
             let row = Span::of(top, ty, step, self.h);
-            cells.extend(columns.iter().map(|column| self.mean(column, &row)));
+            if above.as_ref() == Some(&row) {
+                // Upsampled, several rows of cells span the same pixels.
+                cells.extend_from_within((ty - 1) * n..ty * n);
+            } else {
+                cells.extend(columns.iter().map(|column| self.mean(column, &row)));
+            }
+            above = Some(row);
         }
         Ink {
             side: n,
@@ -674,6 +681,7 @@ impl Integral {
 
 /// The pixels a resampled cell's column (or row) spans: `pixels` whole
 /// ones, at least one, of which `from..to` lie inside the image.
+#[derive(PartialEq)]
 struct Span {
     pixels: i64,
     from: usize,

@@ -173,6 +173,25 @@ impl Grid {
         let source = inked.side;
         let span = |t: usize| (t * source / side, ((t + 1) * source / side).max(t * source / side + 1));
         let mut grid = Grid::empty(side);
+        if source >= side {
+            // The spans tile the ink grid: each ink cell lies under one
+            // grid cell, which its bit sets. Drawings are mostly paper.
+            let mut cell_of = vec![0; source];
+            for t in 0..side {
+                let (lo, hi) = span(t);
+                cell_of[lo..hi].fill(t);
+            }
+            for (i, &word) in inked.words.iter().enumerate() {
+                let (y, x0) = (i / inked.stride, (i % inked.stride) * 64);
+                let mut bits = word;
+                while bits != 0 {
+                    let x = x0 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    grid.set(cell_of[x], cell_of[y]);
+                }
+            }
+            return grid;
+        }
         let mut under = vec![0u64; inked.stride];
         for ty in 0..side {
             let (y0, y1) = span(ty);

@@ -656,7 +656,7 @@ mod tests {
     fn pooled_and_turned_grids_are_the_cell_by_cell_ones() {
         use crate::engine::raster::prepare_at;
         use crate::engine::testing::{Rng, scribble};
-        let mut rng = Rng(0x7e57_0f_91d5);
+        let mut rng = Rng(0x007e_570f_91d5);
         for (case, n) in [256, 256, 256, 100, 300, 512].into_iter().enumerate() {
             let (w, h) = (60 + (rng.next() % 900) as u32, 60 + (rng.next() % 900) as u32);
             let page = DynamicImage::ImageLuma8(scribble(&mut rng, w, h));

@@ -230,6 +230,10 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<Features, EngineError> {
 /// A drawing's stored features plus what a search needs of it as a query.
 pub struct Fingerprint {
     pub features: Features,
+    /// The L3 thumbnail of the whole ink box: frame 0's, which [`probes`]
+    /// turns rather than making it again.
+    ///
+    /// [`probes`]: Fingerprint::probes
     pub thumbnail: Option<Thumbnail>,
     /// The trimmed ink in each frame a query is probed in (the whole ink box
     /// first, then [`raster::Alternative`]s), with the share of ink each
@@ -239,21 +243,31 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     /// The query's hashes and thumbnail in each frame and orientation.
+    /// Each frame's ink is resampled and binarised once, then only turned:
+    /// its hashes are read off its own summed-area lines, and its
+    /// thumbnail's ink bits are moved (the whole ink box's thumbnail is the
+    /// fingerprint's).
     pub fn probes(&self) -> Vec<Probe> {
-        self.frames
-            .iter()
-            .enumerate()
-            .flat_map(|(frame, (ink, dropped))| {
-                let thumbnail = Thumbnail::from_ink(ink);
-                Orientation::ALL.iter().map(move |&orientation| Probe {
-                    frame,
-                    orientation,
-                    hashes: ink.oriented(orientation).hashes(),
-                    thumbnail: thumbnail.oriented(orientation),
-                    dropped: *dropped,
-                })
-            })
-            .collect()
+        let mut probes = Vec::with_capacity(self.frames.len() * Orientation::ALL.len());
+        for (frame, (ink, dropped)) in self.frames.iter().enumerate() {
+            let made;
+            let thumbnail = match &self.thumbnail {
+                Some(whole) if frame == 0 => whole,
+                _ => {
+                    made = Thumbnail::from_ink(ink);
+                    &made
+                }
+            };
+            let hashes = ink.oriented_hashes();
+            probes.extend(Orientation::ALL.iter().zip(hashes).map(|(&orientation, hashes)| Probe {
+                frame,
+                orientation,
+                hashes,
+                thumbnail: thumbnail.oriented(orientation),
+                dropped: *dropped,
+            }));
+        }
+        probes
     }
 }
 

@@ -48,6 +48,15 @@ pub struct Hashes {
     pub phash: Hash256,
 }
 
+impl Hashes {
+    fn of(area: &AreaSums) -> Hashes {
+        Hashes {
+            dhash: dhash(area),
+            phash: phash(area),
+        }
+    }
+}
+
 /// Everything L2 stores for a raster (or a rendered DXF).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RasterFeatures {
@@ -91,6 +100,19 @@ impl Orientation {
 
     pub fn rotation_degrees(self) -> u16 {
         u16::from(self.quarter_turns) * 90
+    }
+
+    /// The orientation that undoes this one.
+    pub(crate) fn inverse(self) -> Orientation {
+        let undoes = |o: &&Orientation| {
+            (0..3).all(|y| {
+                (0..3).all(|x| {
+                    let (tx, ty) = self.map(x, y, 3);
+                    o.map(tx, ty, 3) == (x, y)
+                })
+            })
+        };
+        *Orientation::ALL.iter().find(undoes).expect("D4 is a group")
     }
 
     /// Where pixel (x, y) of a `side`-square lands.
@@ -148,11 +170,27 @@ impl Ink {
     }
 
     pub fn hashes(&self) -> Hashes {
-        let area = AreaSums::new(self);
-        Hashes {
-            dhash: dhash(&area),
-            phash: phash(&area),
+        Hashes::of(&AreaSums::new(self))
+    }
+
+    /// The hashes of each of the eight orientations, in the order of
+    /// [`Orientation::ALL`]: `self.oriented(o).hashes()` for each, bit for
+    /// bit, without making the oriented grids.
+    pub fn oriented_hashes(&self) -> [Hashes; 8] {
+        let transposed = self.transposed();
+        Orientation::ALL.map(|o| Hashes::of(&AreaSums::oriented(self, &transposed, o)))
+    }
+
+    /// The cells column by column.
+    fn transposed(&self) -> Vec<f32> {
+        let n = self.side;
+        let mut out = vec![0.0; self.cells.len()];
+        for (y, row) in self.cells.chunks_exact(n).enumerate() {
+            for (x, &c) in row.iter().enumerate() {
+                out[x * n + y] = c;
+            }
         }
+        out
     }
 
     /// The dHash alone, for the page, whose pHash nothing uses.
@@ -604,13 +642,20 @@ impl Integral {
     /// under it (at least the one it falls in).
     fn square_resample(&self, left: f32, top: f32, side: f32, n: usize) -> Ink {
         let step = side / n as f32;
+        // A cell's pixel bounds are its column's and its row's: worked out
+        // once per column and row, not per cell.
+        let columns: Vec<Span> = (0..n).map(|tx| Span::of(left, tx, step, self.w)).collect();
         let mut cells = Vec::with_capacity(n * n);
+        let mut above: Option<Span> = None;
         for ty in 0..n {
-            let (sy0, sy1) = (top + ty as f32 * step, top + (ty + 1) as f32 * step);
-            for tx in 0..n {
-                let (sx0, sx1) = (left + tx as f32 * step, left + (tx + 1) as f32 * step);
-                cells.push(self.mean(sx0, sy0, sx1, sy1));
+            let row = Span::of(top, ty, step, self.h);
+            if above.as_ref() == Some(&row) {
+                // Upsampled, several rows of cells span the same pixels.
+                cells.extend_from_within((ty - 1) * n..ty * n);
+            } else {
+                cells.extend(columns.iter().map(|column| self.mean(column, &row)));
             }
+            above = Some(row);
         }
         Ink {
             side: n,
@@ -622,17 +667,9 @@ impl Integral {
     /// Mean darkness over the rectangle, whole pixels; area outside the
     /// image counts as paper. A rectangle thinner than a pixel takes the
     /// pixel it falls in, so upscaling small images works too.
-    fn mean(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> f32 {
-        let (mut ix0, mut iy0) = (x0.floor() as i64, y0.floor() as i64);
-        let (mut ix1, mut iy1) = (x1.ceil() as i64, y1.ceil() as i64);
-        ix1 = ix1.max(ix0 + 1);
-        iy1 = iy1.max(iy0 + 1);
-        let area = ((ix1 - ix0) * (iy1 - iy0)) as f64;
-        let clamp = |v: i64, max: usize| v.clamp(0, max as i64) as usize;
-        ix0 = clamp(ix0, self.w) as i64;
-        iy0 = clamp(iy0, self.h) as i64;
-        let (cx1, cy1) = (clamp(ix1, self.w), clamp(iy1, self.h));
-        let (cx0, cy0) = (ix0 as usize, iy0 as usize);
+    fn mean(&self, column: &Span, row: &Span) -> f32 {
+        let area = (column.pixels * row.pixels) as f64;
+        let (cx0, cx1, cy0, cy1) = (column.from, column.to, row.from, row.to);
         if cx1 <= cx0 || cy1 <= cy0 {
             return 0.0;
         }
@@ -642,9 +679,69 @@ impl Integral {
     }
 }
 
-/// Summed-area table of an Ink grid, built once for both hashes.
+/// The pixels a resampled cell's column (or row) spans: `pixels` whole
+/// ones, at least one, of which `from..to` lie inside the image.
+#[derive(PartialEq)]
+struct Span {
+    pixels: i64,
+    from: usize,
+    to: usize,
+}
+
+impl Span {
+    /// Cell `t` of cells `step` pixels wide from `origin`, in an image
+    /// `max` pixels wide.
+    fn of(origin: f32, t: usize, step: f32, max: usize) -> Span {
+        let (s0, s1) = (origin + t as f32 * step, origin + (t + 1) as f32 * step);
+        let i0 = s0.floor() as i64;
+        let i1 = (s1.ceil() as i64).max(i0 + 1);
+        let clamp = |v: i64| v.clamp(0, max as i64) as usize;
+        Span {
+            pixels: i1 - i0,
+            from: clamp(i0),
+            to: clamp(i1),
+        }
+    }
+}
+
+/// dHash compares 16 rows of 17 cells; pHash transforms 64 × 64.
+const DHASH_CELLS: (usize, usize) = (17, 16);
+const PHASH_CELLS: usize = 64;
+
+/// The lines `shrink` reads of an `n`-side summed-area table for cell `i`
+/// of `cells`: whole source pixels, as `Integral::mean` takes them.
+fn shrink_bounds(i: usize, cells: usize, n: usize) -> (usize, usize) {
+    let lo = (i * n) / cells;
+    let hi = ((i + 1) * n).div_ceil(cells).max(lo + 1);
+    (lo, hi)
+}
+
+/// The lines of an `n`-side table that shrinking to each of `counts` cells
+/// reads, sorted.
+fn read_lines(n: usize, counts: &[usize]) -> Vec<usize> {
+    let mut lines: Vec<usize> = counts
+        .iter()
+        .flat_map(|&cells| (0..cells).flat_map(move |i| <[usize; 2]>::from(shrink_bounds(i, cells, n))))
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    lines
+}
+
+/// Rows summed side by side: each row's running sum is a chain of
+/// dependent additions, and independent chains overlap.
+const LANES: usize = 4;
+
+/// Summed-area table of an Ink grid, built once for both hashes, at only
+/// the lines the hashes read (about 95 columns and 65 rows of 257). Each
+/// entry is still the sum `AreaSums` always made, in the same order: a
+/// row's running sum left to right, added to the entry above, so the
+/// hashes are bit for bit those of the full table.
 struct AreaSums {
-    n: usize,
+    /// Of the oriented grid: `None` where the table was not kept.
+    column_at: Vec<Option<usize>>,
+    row_at: Vec<Option<usize>>,
+    columns: usize,
     // f64: in f32 the differences of large sums leave rounding noise where
     // the paper is blank, and dHash would read that noise as gradients.
     sums: Vec<f64>,
@@ -652,35 +749,91 @@ struct AreaSums {
 
 impl AreaSums {
     fn new(ink: &Ink) -> AreaSums {
+        AreaSums::oriented(ink, &[], Orientation::IDENTITY)
+    }
+
+    /// The table of `ink.oriented(orientation)`, read from `ink` itself and
+    /// from `transposed`, its columns as rows (needed only when the
+    /// orientation turns rows into columns): the oriented grid is never
+    /// made.
+    fn oriented(ink: &Ink, transposed: &[f32], orientation: Orientation) -> AreaSums {
         let n = ink.side;
-        let mut sums = vec![0.0f64; (n + 1) * (n + 1)];
-        for y in 0..n {
-            let mut row = 0.0f64;
-            for x in 0..n {
-                row += f64::from(ink.at(x, y));
-                sums[(y + 1) * (n + 1) + x + 1] = sums[y * (n + 1) + x + 1] + row;
+        let columns = read_lines(n, &[DHASH_CELLS.0, PHASH_CELLS]);
+        let rows = read_lines(n, &[DHASH_CELLS.1, PHASH_CELLS]);
+        let index = |lines: &[usize]| {
+            let mut at = vec![None; n + 1];
+            for (i, &line) in lines.iter().enumerate() {
+                at[line] = Some(i);
+            }
+            at
+        };
+        let (column_at, row_at) = (index(&columns), index(&rows));
+        // Which source row or column is row `y` of the oriented grid, and
+        // whether it runs backwards.
+        let inverse = orientation.inverse();
+        let source = |y: usize| -> (&[f32], bool) {
+            let (x0, y0) = inverse.map(0, y, n);
+            let (x1, y1) = if n > 1 { inverse.map(1, y, n) } else { (1, 0) };
+            if y1 == y0 {
+                (&ink.cells[y0 * n..(y0 + 1) * n], x1 < x0)
+            } else {
+                (&transposed[x0 * n..(x0 + 1) * n], y1 < y0)
+            }
+        };
+        let mut sums = vec![0.0f64; rows.len() * columns.len()];
+        let mut above = vec![0.0f64; columns.len()];
+        let mut running = vec![[0.0f64; LANES]; columns.len()];
+        for y0 in (0..n).step_by(LANES) {
+            let lanes = LANES.min(n - y0);
+            let cells: [(&[f32], bool); LANES] = std::array::from_fn(|k| source((y0 + k).min(n - 1)));
+            let backwards = cells[0].1;
+            let mut row = [0.0f64; LANES];
+            let mut x = 0;
+            for (&column, sum) in columns.iter().zip(&mut running) {
+                while x < column {
+                    let at = if backwards { n - 1 - x } else { x };
+                    for (r, (cells, _)) in row.iter_mut().zip(&cells) {
+                        *r += f64::from(cells[at]);
+                    }
+                    x += 1;
+                }
+                *sum = row;
+            }
+            for k in 0..lanes {
+                for (a, sum) in above.iter_mut().zip(&running) {
+                    *a += sum[k];
+                }
+                if let Some(r) = row_at[y0 + k + 1] {
+                    sums[r * columns.len()..(r + 1) * columns.len()].copy_from_slice(&above);
+                }
             }
         }
-        AreaSums { n, sums }
+        AreaSums {
+            column_at,
+            row_at,
+            columns: columns.len(),
+            sums,
+        }
+    }
+
+    fn at(&self, x: usize, y: usize) -> f64 {
+        match (self.column_at[x], self.row_at[y]) {
+            (Some(c), Some(r)) => self.sums[r * self.columns + c],
+            _ => unreachable!("shrink reads only the lines the table keeps"),
+        }
     }
 }
 
 /// Area-average of an Ink grid down to `w` × `h` cells (whole source
 /// pixels per cell, as `Integral::mean` takes them).
 fn shrink(area: &AreaSums, w: usize, h: usize) -> Vec<f32> {
-    let (n, sums) = (area.n, &area.sums);
-    let at = |x: usize, y: usize| sums[y * (n + 1) + x];
-    let bounds = |i: usize, cells: usize| {
-        let lo = (i * n) / cells;
-        let hi = ((i + 1) * n).div_ceil(cells).max(lo + 1);
-        (lo, hi)
-    };
+    let n = area.row_at.len() - 1;
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
-        let (y0, y1) = bounds(y, h);
+        let (y0, y1) = shrink_bounds(y, h, n);
         for x in 0..w {
-            let (x0, x1) = bounds(x, w);
-            let total = at(x1, y1) - at(x0, y1) - at(x1, y0) + at(x0, y0);
+            let (x0, x1) = shrink_bounds(x, w, n);
+            let total = area.at(x1, y1) - area.at(x0, y1) - area.at(x1, y0) + area.at(x0, y0);
             out.push((total / ((x1 - x0) * (y1 - y0)) as f64) as f32);
         }
     }
@@ -693,7 +846,7 @@ fn set_bit(hash: &mut Hash256, i: usize) {
 
 /// 16 rows of 17 cells; bit = the left cell is darker than its right neighbour.
 fn dhash(area: &AreaSums) -> Hash256 {
-    let cells = shrink(area, 17, 16);
+    let cells = shrink(area, DHASH_CELLS.0, DHASH_CELLS.1);
     let mut hash = [0u64; 4];
     for y in 0..16 {
         for x in 0..16 {
@@ -707,7 +860,7 @@ fn dhash(area: &AreaSums) -> Hash256 {
 
 /// The 16 × 16 lowest frequencies of a 64 × 64 DCT-II, each against their median.
 fn phash(area: &AreaSums) -> Hash256 {
-    const N: usize = 64;
+    const N: usize = PHASH_CELLS;
     const K: usize = 16;
     let cells = shrink(area, N, N);
     let basis: Vec<f32> = (0..K)
@@ -866,6 +1019,58 @@ mod tests {
             })
         });
         assert_eq!(four_turns, ink);
+    }
+
+    /// The summed-area table as it was first made: every entry, of the
+    /// oriented grid made first.
+    fn full_table(ink: &Ink) -> AreaSums {
+        let n = ink.side;
+        let mut sums = vec![0.0f64; (n + 1) * (n + 1)];
+        for y in 0..n {
+            let mut row = 0.0f64;
+            for x in 0..n {
+                row += f64::from(ink.at(x, y));
+                sums[(y + 1) * (n + 1) + x + 1] = sums[y * (n + 1) + x + 1] + row;
+            }
+        }
+        let every = (0..=n).map(Some).collect::<Vec<_>>();
+        AreaSums {
+            column_at: every.clone(),
+            row_at: every,
+            columns: n + 1,
+            sums,
+        }
+    }
+
+    /// Hashing each orientation from the table's kept lines, read off the
+    /// unturned grid, gives exactly the hashes of the full table of the
+    /// turned grid: generated drawings, the trimmed ink and the page, on
+    /// grids of several sides.
+    #[test]
+    fn oriented_hashes_are_those_of_the_oriented_grids() {
+        let mut rng = crate::engine::testing::Rng(0xa5ea_5c4b);
+        for (case, n) in [SIDE, SIDE, SIDE, 100, 257, 300, 3].into_iter().enumerate() {
+            let (w, h) = (40 + (rng.next() % 1200) as u32, 40 + (rng.next() % 1200) as u32);
+            let page = DynamicImage::ImageLuma8(crate::engine::testing::scribble(&mut rng, w, h));
+            let prepared = prepare_at(&page, n).expect("ink");
+            for ink in [&prepared.trimmed, &prepared.page] {
+                let hashes = ink.oriented_hashes();
+                for (o, hashes) in Orientation::ALL.iter().zip(hashes) {
+                    let oriented = ink.oriented(*o);
+                    let expected = Hashes::of(&full_table(&oriented));
+                    assert_eq!(hashes, expected, "case {case}, side {n}, {o:?}");
+                    assert_eq!(oriented.hashes(), expected, "case {case}, side {n}, {o:?}");
+                }
+                assert_eq!(ink.dhash(), dhash(&full_table(ink)), "case {case}");
+            }
+        }
+        for o in Orientation::ALL {
+            assert_eq!(o.inverse().inverse(), o);
+            assert_eq!(
+                prepare_at(&drawing(90, 70, 1), 64).map(|p| p.trimmed.oriented(o).oriented(o.inverse()).cells),
+                prepare_at(&drawing(90, 70, 1), 64).map(|p| p.trimmed.cells)
+            );
+        }
     }
 
     #[test]

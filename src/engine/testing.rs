@@ -6,6 +6,32 @@ use image::GrayImage;
 
 use super::raster::Hash256;
 
+/// A `w` × `h` page of a few straight lines of random greys and ends,
+/// some of them thicker, and a few grey specks: ink at every darkness.
+pub fn scribble(rng: &mut Rng, w: u32, h: u32) -> GrayImage {
+    let mut image = GrayImage::from_pixel(w, h, image::Luma([255]));
+    for _ in 0..3 + rng.next() % 6 {
+        let mut point = || ((rng.next() % u64::from(w)) as f32, (rng.next() % u64::from(h)) as f32);
+        let ((x0, y0), (x1, y1)) = (point(), point());
+        let (luma, weight) = ((rng.next() % 200) as u8, 1 + (rng.next() % 3) as u32);
+        let steps = (x1 - x0).abs().max((y1 - y0).abs()) as u32 + 1;
+        for i in 0..=steps {
+            let t = i as f32 / steps as f32;
+            let (x, y) = ((x0 + (x1 - x0) * t) as u32, (y0 + (y1 - y0) * t) as u32);
+            for (dx, dy) in (0..weight).flat_map(|dx| (0..weight).map(move |dy| (dx, dy))) {
+                if x + dx < w && y + dy < h {
+                    image.put_pixel(x + dx, y + dy, image::Luma([luma]));
+                }
+            }
+        }
+    }
+    for _ in 0..20 {
+        let (x, y) = ((rng.next() % u64::from(w)) as u32, (rng.next() % u64::from(h)) as u32);
+        image.put_pixel(x, y, image::Luma([100 + (rng.next() % 150) as u8]));
+    }
+    image
+}
+
 pub fn png(image: &GrayImage) -> Vec<u8> {
     let mut out = Vec::new();
     image

@@ -61,11 +61,11 @@ struct DetailGrid {
 }
 
 impl DetailGrid {
-    fn of_ink(ink: &Ink, threshold: f32) -> DetailGrid {
+    fn of_ink(ink: &Ink, inked: &Inked) -> DetailGrid {
         let cell_px = ink.cell_px() * ink.side() as f32 / DETAIL as f32;
         let tolerance = (SOURCE_TOLERANCE_PX / cell_px.max(f32::EPSILON)).ceil();
         DetailGrid {
-            grid: Grid::from_ink(ink, DETAIL, threshold),
+            grid: Grid::pooled(inked, DETAIL),
             tolerance: tolerance.clamp(1.0, MAX_DETAIL_TOLERANCE) as u8,
         }
     }
@@ -85,13 +85,15 @@ pub struct Verification {
 
 impl Thumbnail {
     pub fn from_ink(ink: &Ink) -> Thumbnail {
-        let threshold = ink_threshold(ink, INK_CEILING);
+        // Both grids binarise at one threshold: the ink is tested once.
+        let inked = Inked::new(ink, ink_threshold(ink, INK_CEILING));
         Thumbnail {
-            coarse: Grid::from_ink(ink, THUMB, threshold),
-            detail: Some(DetailGrid::of_ink(ink, threshold)),
+            coarse: Grid::pooled(&inked, THUMB),
+            detail: Some(DetailGrid::of_ink(ink, &inked)),
         }
     }
 
+    /// The same grids turned by `orientation`.
     pub fn oriented(&self, orientation: Orientation) -> Thumbnail {
         Thumbnail {
             coarse: self.coarse.oriented(orientation),
@@ -155,6 +157,7 @@ impl Grid {
         &self.words[y * self.stride()..(y + 1) * self.stride()]
     }
 
+    #[cfg(test)]
     fn get(&self, x: usize, y: usize) -> bool {
         self.words[y * self.stride() + x / 64] >> (x % 64) & 1 == 1
     }
@@ -165,17 +168,45 @@ impl Grid {
     }
 
     /// Max-pooled: a cell is ink when the darkest ink cell under it
-    /// reaches `threshold`.
-    fn from_ink(ink: &Ink, side: usize, threshold: f32) -> Grid {
-        let source = ink.side();
+    /// reaches the threshold, that is when any of them is in `inked`.
+    fn pooled(inked: &Inked, side: usize) -> Grid {
+        let source = inked.side;
         let span = |t: usize| (t * source / side, ((t + 1) * source / side).max(t * source / side + 1));
         let mut grid = Grid::empty(side);
+        if source >= side {
+            // The spans tile the ink grid: each ink cell lies under one
+            // grid cell, which its bit sets. Drawings are mostly paper.
+            let mut cell_of = vec![0; source];
+            for t in 0..side {
+                let (lo, hi) = span(t);
+                cell_of[lo..hi].fill(t);
+            }
+            for (i, &word) in inked.words.iter().enumerate() {
+                let (y, x0) = (i / inked.stride, (i % inked.stride) * 64);
+                let mut bits = word;
+                while bits != 0 {
+                    let x = x0 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    grid.set(cell_of[x], cell_of[y]);
+                }
+            }
+            return grid;
+        }
+        let mut under = vec![0u64; inked.stride];
         for ty in 0..side {
             let (y0, y1) = span(ty);
+            under.fill(0);
+            for y in y0..y1 {
+                for (u, w) in under.iter_mut().zip(inked.row(y)) {
+                    *u |= w;
+                }
+            }
+            if under.iter().all(|&w| w == 0) {
+                continue;
+            }
             for tx in 0..side {
                 let (x0, x1) = span(tx);
-                let inked = (y0..y1).any(|y| (x0..x1).any(|x| ink.at(x, y) >= threshold));
-                if inked {
+                if any_bit(&under, x0, x1) {
                     grid.set(tx, ty);
                 }
             }
@@ -183,14 +214,23 @@ impl Grid {
         grid
     }
 
+    /// The same grid turned: each ink cell's bit moves where the
+    /// orientation takes it (drawings are mostly paper, so this visits
+    /// few cells).
     fn oriented(&self, orientation: Orientation) -> Grid {
+        if orientation == Orientation::IDENTITY {
+            return self.clone();
+        }
         let mut out = Grid::empty(self.side);
-        for y in 0..self.side {
-            for x in 0..self.side {
-                if self.get(x, y) {
-                    let (tx, ty) = orientation.map(x, y, self.side);
-                    out.set(tx, ty);
-                }
+        let stride = self.stride();
+        for (i, &word) in self.words.iter().enumerate() {
+            let (y, x0) = (i / stride, (i % stride) * 64);
+            let mut bits = word;
+            while bits != 0 {
+                let x = x0 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let (tx, ty) = orientation.map(x, y, self.side);
+                out.set(tx, ty);
             }
         }
         out
@@ -269,6 +309,45 @@ impl Grid {
                 .collect(),
         })
     }
+}
+
+/// Which cells of an ink grid reach a threshold, a bit each, rows of
+/// 64-bit words: what both thumbnail grids are pooled from.
+struct Inked {
+    side: usize,
+    stride: usize,
+    words: Vec<u64>,
+}
+
+impl Inked {
+    fn new(ink: &Ink, threshold: f32) -> Inked {
+        let side = ink.side();
+        let stride = side.div_ceil(64);
+        let mut words = vec![0u64; side * stride];
+        for (y, row) in ink.cells().chunks_exact(side).enumerate() {
+            for (x, &d) in row.iter().enumerate() {
+                if d >= threshold {
+                    words[y * stride + x / 64] |= 1 << (x % 64);
+                }
+            }
+        }
+        Inked { side, stride, words }
+    }
+
+    fn row(&self, y: usize) -> &[u64] {
+        &self.words[y * self.stride..(y + 1) * self.stride]
+    }
+}
+
+/// Whether any of bits `x0..x1` (x0 < x1) of a row is set.
+fn any_bit(row: &[u64], x0: usize, x1: usize) -> bool {
+    let (first, last) = (x0 / 64, (x1 - 1) / 64);
+    (first..=last).any(|i| {
+        let lo = if i == first { x0 % 64 } else { 0 };
+        let hi = if i == last { (x1 - 1) % 64 + 1 } else { 64 };
+        let mask = (u64::MAX >> (64 - (hi - lo))) << lo;
+        row[i] & mask != 0
+    })
 }
 
 /// One row moved by `dx` bits towards higher x (negative: lower x).
@@ -535,6 +614,73 @@ mod tests {
         ] {
             let v = verify_detail(&original, &thumb(&copy), 0.0).expect("both have detail");
             assert!(v.similarity >= 0.95, "{name}: {v:?}");
+        }
+    }
+
+    /// The grids as they were first made: every target cell tests the
+    /// darkness of each ink cell under it, every cell is moved one by one.
+    fn pooled_cell_by_cell(ink: &Ink, side: usize, threshold: f32) -> Grid {
+        let source = ink.side();
+        let span = |t: usize| (t * source / side, ((t + 1) * source / side).max(t * source / side + 1));
+        let mut grid = Grid::empty(side);
+        for ty in 0..side {
+            let (y0, y1) = span(ty);
+            for tx in 0..side {
+                let (x0, x1) = span(tx);
+                if (y0..y1).any(|y| (x0..x1).any(|x| ink.at(x, y) >= threshold)) {
+                    grid.set(tx, ty);
+                }
+            }
+        }
+        grid
+    }
+
+    fn oriented_cell_by_cell(grid: &Grid, orientation: Orientation) -> Grid {
+        let mut out = Grid::empty(grid.side);
+        for y in 0..grid.side {
+            for x in 0..grid.side {
+                if grid.get(x, y) {
+                    let (tx, ty) = orientation.map(x, y, grid.side);
+                    out.set(tx, ty);
+                }
+            }
+        }
+        out
+    }
+
+    /// Pooling from the inked bits and moving only the ink's bits give
+    /// exactly the grids the cell-by-cell code gives, for ink grids finer
+    /// and coarser than the thumbnails, at several thresholds, in all
+    /// eight orientations.
+    #[test]
+    fn pooled_and_turned_grids_are_the_cell_by_cell_ones() {
+        use crate::engine::raster::prepare_at;
+        use crate::engine::testing::{Rng, scribble};
+        let mut rng = Rng(0x007e_570f_91d5);
+        for (case, n) in [256, 256, 256, 100, 300, 512].into_iter().enumerate() {
+            let (w, h) = (60 + (rng.next() % 900) as u32, 60 + (rng.next() % 900) as u32);
+            let page = DynamicImage::ImageLuma8(scribble(&mut rng, w, h));
+            let ink = prepare_at(&page, n).expect("ink").trimmed;
+            let typical = ink_threshold(&ink, INK_CEILING);
+            for threshold in [INK_FLOOR, typical, 0.2, 0.6] {
+                let inked = Inked::new(&ink, threshold);
+                for side in [THUMB, DETAIL] {
+                    let grid = Grid::pooled(&inked, side);
+                    let expected = pooled_cell_by_cell(&ink, side, threshold);
+                    assert_eq!(
+                        grid, expected,
+                        "case {case}, ink {n}², grid {side}², threshold {threshold}"
+                    );
+                    assert!(threshold > typical || grid.ink_cells() > 0, "case {case}: some ink");
+                    for orientation in Orientation::ALL {
+                        assert_eq!(
+                            grid.oriented(orientation),
+                            oriented_cell_by_cell(&grid, orientation),
+                            "case {case}, grid {side}², {orientation:?}"
+                        );
+                    }
+                }
+            }
         }
     }
 

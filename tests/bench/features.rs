@@ -6,12 +6,23 @@
 //! `../shared/data/librecad-png` and the DXF of `../shared/data/librecad-dxf`
 //! when present; otherwise it says so and measures nothing.
 //! `tests/bench/imagehash_side_by_side.sh` runs it beside Python
-//! `imagehash` on the same PNGs and prints the ratio.
+//! `imagehash` on the same PNGs and prints the ratio. The same PNGs shrunk
+//! to 96 px are timed too: ink smaller than the 256² L2 grid is upsampled,
+//! another path than a large page's, and it is what the pipeline bench's
+//! 96 × 96 drawings take.
+//!
+//! `FEATURES_DUMP=file` first writes, for every file, a digest of what
+//! `fingerprint` and `query` make of it (features, thumbnail, and each
+//! probe's frame, orientation, hashes, thumbnail and dropped share): dumps
+//! of two builds are equal when every feature and probe is bit-identical.
 
+use std::io::Cursor;
 use std::path::Path;
 use std::time::Instant;
 
 use dedup2d::engine::{self, Limits};
+use image::ImageFormat;
+use image::imageops::FilterType;
 
 fn files(dir: &str, extension: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -56,15 +67,69 @@ fn report(label: &str, files: &[(String, Vec<u8>)], f: impl Fn(&[u8])) {
     );
 }
 
+/// Each PNG resized to 96 px on its longer side and encoded again.
+fn shrunk(pngs: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    pngs.iter()
+        .filter_map(|(name, bytes)| {
+            let small = image::load_from_memory(bytes)
+                .ok()?
+                .resize(96, 96, FilterType::Triangle);
+            let mut png = Vec::new();
+            small.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).ok()?;
+            Some((name.clone(), png))
+        })
+        .collect()
+}
+
+/// One line per file: its name and the digest of everything it yields.
+fn dump(path: &str, sets: &[&[(String, Vec<u8>)]], limits: Limits) {
+    let mut out = String::new();
+    for (name, bytes) in sets.iter().copied().flatten() {
+        let mut text = match engine::fingerprint(bytes, limits) {
+            Ok(print) => format!(
+                "{}{:?}",
+                serde_json::to_string(&print.features).unwrap_or_default(),
+                print.thumbnail.map(|t| engine::sha256_hex(&t.to_bytes()))
+            ),
+            Err(e) => e.to_string(),
+        };
+        if let Ok(query) = engine::query(bytes, limits) {
+            text += &serde_json::to_string(&query.fingerprint.features).unwrap_or_default();
+            for p in &query.probes {
+                text += &format!(
+                    "|{} {:?} {:?} {} {}",
+                    p.frame,
+                    p.orientation,
+                    p.hashes,
+                    engine::sha256_hex(&p.thumbnail.to_bytes()),
+                    p.dropped.to_bits()
+                );
+            }
+        }
+        out += &format!("{name} {} {}\n", bytes.len(), engine::sha256_hex(text.as_bytes()));
+    }
+    std::fs::write(path, out).expect("the dump is written");
+}
+
 fn main() {
     let limits = Limits::default();
     let pngs = files("../shared/data/librecad-png", "png");
+    let small_pngs = shrunk(&pngs);
     let dxfs = files("../shared/data/librecad-dxf", "dxf");
+    if let Ok(path) = std::env::var("FEATURES_DUMP") {
+        dump(&path, &[&pngs, &small_pngs, &dxfs], limits);
+    }
     let big_dxfs: Vec<_> = dxfs.iter().filter(|(_, b)| b.len() >= 100_000).cloned().collect();
     report("PNG fingerprint (library add)", &pngs, |b| {
         let _ = engine::fingerprint(b, limits);
     });
     report("PNG query (fingerprint + 8 probes)", &pngs, |b| {
+        let _ = engine::query(b, limits);
+    });
+    report("96-px PNG fingerprint", &small_pngs, |b| {
+        let _ = engine::fingerprint(b, limits);
+    });
+    report("96-px PNG query", &small_pngs, |b| {
         let _ = engine::query(b, limits);
     });
     report("DXF fingerprint, all", &dxfs, |b| {

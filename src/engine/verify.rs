@@ -237,6 +237,7 @@ impl Grid {
     }
 
     /// Moved by (dx, dy) cells, |dx| < 64; what leaves the grid is lost.
+    #[cfg(test)]
     fn shifted(&self, dx: i32, dy: i32) -> Grid {
         let mut out = Grid::empty(self.side);
         let stride = self.stride();
@@ -254,34 +255,31 @@ impl Grid {
         self.words.iter().map(|w| w.count_ones()).sum()
     }
 
-    /// Every cell within `tolerance` cells of ink (a square dilation).
+    /// Every cell within `tolerance` cells of ink (a square dilation):
+    /// each inked row is widened once and ORed into the rows within
+    /// `tolerance` of it; paper rows cost nothing.
     fn dilated(&self, tolerance: usize) -> Vec<u64> {
         let stride = self.stride();
-        let mut widened = self.words.clone();
+        let mut out = vec![0u64; self.words.len()];
+        let mut widened = vec![0u64; stride];
         let mut moved = vec![0u64; stride];
         for y in 0..self.side {
-            for k in 1..=tolerance as i32 {
-                for dx in [k, -k] {
-                    shift_row(self.row(y), dx, &mut moved);
-                    for (w, m) in widened[y * stride..(y + 1) * stride].iter_mut().zip(&moved) {
-                        *w |= m;
-                    }
-                }
+            let row = self.row(y);
+            if row.iter().all(|&w| w == 0) {
+                continue;
             }
-        }
-        let mut out = vec![0u64; self.words.len()];
-        for y in 0..self.side {
-            let lo = y.saturating_sub(tolerance);
-            let hi = (y + tolerance).min(self.side - 1);
-            for source in lo..=hi {
-                for i in 0..stride {
-                    out[y * stride + i] |= widened[source * stride + i];
+            widen_row(row, tolerance, &mut widened, &mut moved);
+            let (lo, hi) = (y.saturating_sub(tolerance), (y + tolerance).min(self.side - 1));
+            for target in lo..=hi {
+                for (o, w) in out[target * stride..(target + 1) * stride].iter_mut().zip(&widened) {
+                    *o |= w;
                 }
             }
         }
         out
     }
 
+    #[cfg(test)]
     fn covered_by(&self, dilated_other: &[u64]) -> f64 {
         let ink = self.ink_cells();
         if ink == 0 {
@@ -365,6 +363,20 @@ fn shift_row(row: &[u64], dx: i32, out: &mut [u64]) {
     }
 }
 
+/// `row` widened by `tolerance` bits each way (bits leaving the row are
+/// lost), into `out`; `moved` is scratch of the same length.
+fn widen_row(row: &[u64], tolerance: usize, out: &mut [u64], moved: &mut [u64]) {
+    out.copy_from_slice(row);
+    for k in 1..=tolerance as i32 {
+        for dx in [k, -k] {
+            shift_row(row, dx, moved);
+            for (o, m) in out.iter_mut().zip(moved.iter()) {
+                *o |= m;
+            }
+        }
+    }
+}
+
 /// INK_SHARE of the 90th percentile of the inked cells' darkness, at most
 /// `ceiling`.
 pub(crate) fn ink_threshold(ink: &Ink, ceiling: f32) -> f32 {
@@ -427,8 +439,8 @@ pub fn verify_detail(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> 
 }
 
 fn compare_aligned(query: &Grid, candidate: &Grid, tolerance: usize, reach: i32, dropped: f64) -> Verification {
-    let dilated_candidate = candidate.dilated(tolerance);
-    let mut best = compare(query, candidate, &dilated_candidate, tolerance, dropped);
+    let mut shifts = Shifts::new(query, candidate, tolerance, reach);
+    let mut best = shifts.compare(0, 0, dropped);
     for dy in -reach..=reach {
         for dx in -reach..=reach {
             if best.similarity >= 1.0 {
@@ -437,13 +449,7 @@ fn compare_aligned(query: &Grid, candidate: &Grid, tolerance: usize, reach: i32,
             if (dx, dy) == (0, 0) {
                 continue;
             }
-            let v = compare(
-                &query.shifted(dx, dy),
-                candidate,
-                &dilated_candidate,
-                tolerance,
-                dropped,
-            );
+            let v = shifts.compare(dx, dy, dropped);
             if v.similarity > best.similarity {
                 best = v;
             }
@@ -452,24 +458,131 @@ fn compare_aligned(query: &Grid, candidate: &Grid, tolerance: usize, reach: i32,
     best
 }
 
+/// The query compared with the candidate at each of its shifts without
+/// building the shifted grids. The candidate is dilated once. The shifted
+/// query's dilation is only ever read on the candidate's inked rows, and
+/// built there from the query's rows shifted sideways and widened (once
+/// per sideways shift): row `y` of the shifted query's dilation ORs the
+/// widened rows `y - dy - tolerance ..= y - dy + tolerance` that exist and
+/// whose shifted place is on the grid, which is exactly what dilating the
+/// shifted grid (whose lost rows are paper) reads.
+struct Shifts<'a> {
+    query: &'a Grid,
+    candidate: &'a Grid,
+    tolerance: usize,
+    reach: i32,
+    dilated_candidate: Vec<u64>,
+    candidate_ink: u32,
+    /// Row numbers of the query's and the candidate's inked rows.
+    query_rows: Vec<usize>,
+    candidate_rows: Vec<usize>,
+    /// Per sideways shift `dx` (at `dx + reach`): the query's rows moved by
+    /// `dx` and widened by `tolerance`, once needed.
+    widened: Vec<Option<Vec<u64>>>,
+    scratch: Vec<u64>,
+}
+
+impl<'a> Shifts<'a> {
+    fn new(query: &'a Grid, candidate: &'a Grid, tolerance: usize, reach: i32) -> Shifts<'a> {
+        let inked = |g: &Grid| (0..g.side).filter(|&y| g.row(y).iter().any(|&w| w != 0)).collect();
+        Shifts {
+            query,
+            candidate,
+            tolerance,
+            reach,
+            dilated_candidate: candidate.dilated(tolerance),
+            candidate_ink: candidate.ink_cells(),
+            query_rows: inked(query),
+            candidate_rows: inked(candidate),
+            widened: vec![None; (2 * reach + 1) as usize],
+            scratch: vec![0; 2 * query.stride()],
+        }
+    }
+
+    /// What [`compare`] says of the query moved by (dx, dy), |dx|, |dy| ≤
+    /// reach.
+    fn compare(&mut self, dx: i32, dy: i32, dropped: f64) -> Verification {
+        let (side, stride) = (self.query.side, self.query.stride());
+        let (mut ink, mut inside) = (0u32, 0u32);
+        let moved = &mut self.scratch[..stride];
+        for &y in &self.query_rows {
+            let target = y as i32 + dy;
+            if !(0..side as i32).contains(&target) {
+                continue;
+            }
+            shift_row(self.query.row(y), dx, moved);
+            let t = target as usize * stride;
+            for (m, d) in moved.iter().zip(&self.dilated_candidate[t..t + stride]) {
+                ink += m.count_ones();
+                inside += (m & d).count_ones();
+            }
+        }
+        let query_covered = share(inside, ink) * (1.0 - dropped / 2.0);
+
+        self.widen(dx);
+        let widened = self.widened[(dx + self.reach) as usize].as_deref().expect("widened");
+        let tolerance = self.tolerance as i32;
+        // Source rows whose shifted place is on the grid.
+        let (first, last) = ((-dy).max(0), (side as i32 - 1 - dy).min(side as i32 - 1));
+        let mut covered = 0u32;
+        let mut near = [0u64; DETAIL / 64];
+        let near = &mut near[..stride];
+        for &y in &self.candidate_rows {
+            let lo = (y as i32 - dy - tolerance).max(first);
+            let hi = (y as i32 - dy + tolerance).min(last);
+            near.fill(0);
+            for source in lo..=hi {
+                let s = source as usize * stride;
+                for (n, w) in near.iter_mut().zip(&widened[s..s + stride]) {
+                    *n |= w;
+                }
+            }
+            covered += self
+                .candidate
+                .row(y)
+                .iter()
+                .zip(near.iter())
+                .map(|(c, n)| (c & n).count_ones())
+                .sum::<u32>();
+        }
+        let candidate_covered = share(covered, self.candidate_ink);
+        Verification {
+            query_covered,
+            candidate_covered,
+            similarity: score(query_covered, candidate_covered),
+        }
+    }
+
+    fn widen(&mut self, dx: i32) {
+        let (query, tolerance) = (self.query, self.tolerance);
+        let (moved, spare) = self.scratch.split_at_mut(query.stride());
+        self.widened[(dx + self.reach) as usize].get_or_insert_with(|| {
+            let stride = query.stride();
+            let mut out = vec![0u64; query.words.len()];
+            for &y in &self.query_rows {
+                shift_row(query.row(y), dx, moved);
+                widen_row(moved, tolerance, &mut out[y * stride..(y + 1) * stride], spare);
+            }
+            out
+        });
+    }
+}
+
+/// `inside` of `ink` cells as a share, 0 without ink.
+fn share(inside: u32, ink: u32) -> f64 {
+    if ink == 0 {
+        return 0.0;
+    }
+    f64::from(inside) / f64::from(ink)
+}
+
 /// Compares a query (already in the orientation L2 matched) with a
 /// candidate. `dropped` is the share of the query's ink its frame left out
 /// ([`crate::engine::Probe`]): unexplained, but detached from the drawing
 /// (a label, a note), so it weighs half: a heavy drawing with a small note
 /// stays a duplicate, a light one with a long label becomes similar.
 pub fn verify(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
-    let dilated_candidate = candidate.coarse.dilated(TOLERANCE);
-    compare(&query.coarse, &candidate.coarse, &dilated_candidate, TOLERANCE, dropped)
-}
-
-fn compare(query: &Grid, candidate: &Grid, dilated_candidate: &[u64], tolerance: usize, dropped: f64) -> Verification {
-    let query_covered = query.covered_by(dilated_candidate) * (1.0 - dropped / 2.0);
-    let candidate_covered = candidate.covered_by(&query.dilated(tolerance));
-    Verification {
-        query_covered,
-        candidate_covered,
-        similarity: score(query_covered, candidate_covered),
-    }
+    Shifts::new(&query.coarse, &candidate.coarse, TOLERANCE, 0).compare(0, 0, dropped)
 }
 
 /// The similarity of two coverages. When the query holds all of the
@@ -492,6 +605,7 @@ mod tests {
 
     use super::*;
     use crate::engine::raster::prepare;
+    use crate::engine::testing::Rng;
 
     fn canvas(size: u32) -> RgbImage {
         RgbImage::from_pixel(size, size, Rgb([255, 255, 255]))
@@ -696,5 +810,282 @@ mod tests {
         assert_eq!(score(0.995, 1.0), similarity_of_coverage(0.995));
         assert_eq!(score(0.97, 1.0), ADDITIONS_CEILING);
         assert_eq!(score(0.7, 0.9), 0.7);
+    }
+
+    /// The dilation as it was first written: every row re-shifted, every
+    /// target row ORing its `2 · tolerance + 1` sources.
+    fn dilated_reference(grid: &Grid, tolerance: usize) -> Vec<u64> {
+        let stride = grid.stride();
+        let mut widened = grid.words.clone();
+        let mut moved = vec![0u64; stride];
+        for y in 0..grid.side {
+            for k in 1..=tolerance as i32 {
+                for dx in [k, -k] {
+                    shift_row(grid.row(y), dx, &mut moved);
+                    for (w, m) in widened[y * stride..(y + 1) * stride].iter_mut().zip(&moved) {
+                        *w |= m;
+                    }
+                }
+            }
+        }
+        let mut out = vec![0u64; grid.words.len()];
+        for y in 0..grid.side {
+            let lo = y.saturating_sub(tolerance);
+            let hi = (y + tolerance).min(grid.side - 1);
+            for source in lo..=hi {
+                for i in 0..stride {
+                    out[y * stride + i] |= widened[source * stride + i];
+                }
+            }
+        }
+        out
+    }
+
+    fn compare_reference(
+        query: &Grid,
+        candidate: &Grid,
+        dilated_candidate: &[u64],
+        tolerance: usize,
+        dropped: f64,
+    ) -> Verification {
+        let query_covered = query.covered_by(dilated_candidate) * (1.0 - dropped / 2.0);
+        let candidate_covered = candidate.covered_by(&dilated_reference(query, tolerance));
+        Verification {
+            query_covered,
+            candidate_covered,
+            similarity: score(query_covered, candidate_covered),
+        }
+    }
+
+    fn verify_reference(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
+        let dilated_candidate = dilated_reference(&candidate.coarse, TOLERANCE);
+        compare_reference(&query.coarse, &candidate.coarse, &dilated_candidate, TOLERANCE, dropped)
+    }
+
+    /// L3 as it was first written, on built grids: every shifted query
+    /// built, and dilated again.
+    fn compare_aligned_reference(
+        query: &Grid,
+        candidate: &Grid,
+        tolerance: usize,
+        reach: i32,
+        dropped: f64,
+    ) -> Verification {
+        let dilated_candidate = dilated_reference(candidate, tolerance);
+        let mut best = compare_reference(query, candidate, &dilated_candidate, tolerance, dropped);
+        for dy in -reach..=reach {
+            for dx in -reach..=reach {
+                if best.similarity >= 1.0 {
+                    return best;
+                }
+                if (dx, dy) == (0, 0) {
+                    continue;
+                }
+                let v = compare_reference(
+                    &query.shifted(dx, dy),
+                    candidate,
+                    &dilated_candidate,
+                    tolerance,
+                    dropped,
+                );
+                if v.similarity > best.similarity {
+                    best = v;
+                }
+            }
+        }
+        best
+    }
+
+    fn bits(v: &Verification) -> [u64; 3] {
+        [
+            v.query_covered.to_bits(),
+            v.candidate_covered.to_bits(),
+            v.similarity.to_bits(),
+        ]
+    }
+
+    /// A grid of random cells at a density of `per_mille`, with ink on
+    /// some of the border rows and columns, where shifted ink leaves.
+    fn random_grid(rng: &mut Rng, side: usize, per_mille: u64) -> Grid {
+        let mut grid = Grid::empty(side);
+        for y in 0..side {
+            for x in 0..side {
+                if rng.next() % 1000 < per_mille {
+                    grid.set(x, y);
+                }
+            }
+        }
+        for _ in 0..rng.next() % 6 {
+            let (at, band) = ((rng.next() % side as u64) as usize, (rng.next() % 4) as usize);
+            let edge = if rng.next().is_multiple_of(2) {
+                band
+            } else {
+                side - 1 - band
+            };
+            let (x, y) = if rng.next().is_multiple_of(2) {
+                (edge, at)
+            } else {
+                (at, edge)
+            };
+            for d in 0..(rng.next() % 40) as usize {
+                let (x, y) = if x == edge {
+                    (x, (y + d) % side)
+                } else {
+                    ((x + d) % side, y)
+                };
+                grid.set(x, y);
+            }
+        }
+        grid
+    }
+
+    /// Dilating only inked rows, and comparing shifted queries without
+    /// building them, give bit for bit the verifications the first code
+    /// gave: at every shift L3 tries, every tolerance in use (and 0), on
+    /// trimmed drawings (whose ink touches the borders) in all eight
+    /// orientations, random grids sparse to dense, and empty grids.
+    #[test]
+    fn shifted_comparisons_are_the_built_ones() {
+        use crate::engine::raster::prepare_at;
+        use crate::engine::testing::{Rng, scribble};
+        let mut rng = Rng(0x5417_f7ed_0c0a);
+        let mut thumbs = Vec::new();
+        for _ in 0..10 {
+            let (w, h) = (40 + (rng.next() % 900) as u32, 40 + (rng.next() % 900) as u32);
+            let page = DynamicImage::ImageLuma8(scribble(&mut rng, w, h));
+            let t = Thumbnail::from_ink(&prepare_at(&page, 256).expect("ink").trimmed);
+            for orientation in Orientation::ALL {
+                thumbs.push(t.oriented(orientation));
+            }
+        }
+        let mut grids: Vec<(Grid, Grid)> = thumbs
+            .iter()
+            .map(|t| (t.coarse.clone(), t.detail.as_ref().expect("detail").grid.clone()))
+            .collect();
+        for per_mille in [1, 5, 20, 100, 400, 900] {
+            for _ in 0..4 {
+                grids.push((
+                    random_grid(&mut rng, THUMB, per_mille),
+                    random_grid(&mut rng, DETAIL, per_mille),
+                ));
+            }
+        }
+        grids.push((Grid::empty(THUMB), Grid::empty(DETAIL)));
+        let mut compared = 0;
+        for (i, (qc, qd)) in grids.iter().enumerate() {
+            for _ in 0..4 {
+                let j = (rng.next() % grids.len() as u64) as usize;
+                let (cc, cd) = &grids[if rng.next().is_multiple_of(8) { i } else { j }];
+                let dropped = [0.0, 0.0, 0.125, 0.3, 0.77][(rng.next() % 5) as usize];
+                for (q, c) in [(qc, cc), (qd, cd)] {
+                    for tolerance in 0..=3 {
+                        assert_eq!(
+                            c.dilated(tolerance),
+                            dilated_reference(c, tolerance),
+                            "grid {j}, tolerance {tolerance}"
+                        );
+                        let dilated_c = dilated_reference(c, tolerance);
+                        let mut shifts = Shifts::new(q, c, tolerance, DETAIL_REACH);
+                        for dy in -DETAIL_REACH..=DETAIL_REACH {
+                            for dx in -DETAIL_REACH..=DETAIL_REACH {
+                                let expected = compare_reference(&q.shifted(dx, dy), c, &dilated_c, tolerance, dropped);
+                                let got = shifts.compare(dx, dy, dropped);
+                                assert_eq!(
+                                    bits(&got),
+                                    bits(&expected),
+                                    "{i} vs {j}, side {}, tolerance {tolerance}, shift ({dx}, {dy}): {got:?} {expected:?}",
+                                    q.side
+                                );
+                                compared += 1;
+                            }
+                        }
+                        for reach in [1, DETAIL_REACH] {
+                            let got = compare_aligned(q, c, tolerance, reach, dropped);
+                            let expected = compare_aligned_reference(q, c, tolerance, reach, dropped);
+                            assert_eq!(
+                                bits(&got),
+                                bits(&expected),
+                                "{i} vs {j}, aligned, tolerance {tolerance}, reach {reach}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for (i, q) in thumbs.iter().enumerate() {
+            for c in thumbs.iter().step_by(3) {
+                let dropped = [0.0, 0.2][i % 2];
+                assert_eq!(bits(&verify(q, c, dropped)), bits(&verify_reference(q, c, dropped)));
+                let (got, expected) = (
+                    verify_aligned(q, c, dropped),
+                    compare_aligned_reference(&q.coarse, &c.coarse, TOLERANCE, 1, dropped),
+                );
+                assert_eq!(bits(&got), bits(&expected));
+            }
+        }
+        assert!(compared > 10_000, "{compared}");
+    }
+
+    /// L3 as a search runs it (every probe's plain verification of each
+    /// candidate, then the best probe's aligned coarse and detail ones),
+    /// timed against the first code: 96 × 96 queries of 24 LibreCAD
+    /// drawings against a library of 12 of them, eight probes a query.
+    /// `cargo test --release --lib l3_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn l3_timing() {
+        use std::time::Instant;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/librecad-png");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut files: Vec<_> = entries.map(|e| e.expect("entry").path()).collect();
+        files.sort();
+        let images: Vec<DynamicImage> = files.iter().take(24).map(|f| image::open(f).expect("png")).collect();
+        let library: Vec<Thumbnail> = images[..12].iter().map(thumb).collect();
+        let probes: Vec<Vec<Thumbnail>> = images
+            .iter()
+            .map(|img| {
+                let q = thumb(&img.resize_exact(96, 96, image::imageops::FilterType::Triangle));
+                Orientation::ALL.into_iter().map(|o| q.oriented(o)).collect()
+            })
+            .collect();
+        type Verifiers = (
+            fn(&Thumbnail, &Thumbnail, f64) -> Verification,
+            fn(&Grid, &Grid, usize, i32, f64) -> Verification,
+        );
+        let run = |(plain, aligned): Verifiers| {
+            let mut sum = 0.0;
+            for probes in &probes {
+                for c in &library {
+                    let (mut best, mut at) = (plain(&probes[0], c, 0.0), 0);
+                    for (i, p) in probes.iter().enumerate().skip(1) {
+                        let v = plain(p, c, 0.0);
+                        if v.similarity > best.similarity {
+                            (best, at) = (v, i);
+                        }
+                    }
+                    let p = &probes[at];
+                    sum += aligned(&p.coarse, &c.coarse, TOLERANCE, 1, 0.0).similarity;
+                    let (qd, cd) = (p.detail.as_ref().expect("detail"), c.detail.as_ref().expect("detail"));
+                    let t = usize::from(qd.tolerance.max(cd.tolerance));
+                    sum += aligned(&qd.grid, &cd.grid, t, DETAIL_REACH, 0.0).similarity;
+                }
+            }
+            sum
+        };
+        let first: Verifiers = (verify_reference, compare_aligned_reference);
+        let now: Verifiers = (verify, compare_aligned);
+        assert_eq!(run(first).to_bits(), run(now).to_bits());
+        for round in 0..3 {
+            for (name, verifiers) in [("first", first), ("now", now)] {
+                let started = Instant::now();
+                for _ in 0..5 {
+                    std::hint::black_box(run(verifiers));
+                }
+                let per_query = started.elapsed().as_secs_f64() * 1e3 / (5 * probes.len()) as f64;
+                println!("round {round}: {name}: {per_query:.3} ms of L3 a query (12 candidates)");
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use super::fine::Fine;
 use super::l2::{Candidate, HashIndex, rank};
 use super::raster::Orientation;
 use super::slots::{Ids, Keyed, room_for};
-use super::verify::{Thumbnail, Verification, verify, verify_aligned, verify_detail};
+use super::verify::{Prepared, Thumbnail, Verification, verify_aligned_prepared, verify_detail, verify_prepared};
 use super::{Features, Fingerprint, Mode, Probe, SearchParams, SearchResult, Verdict, verdict};
 
 /// L2 candidates that L3 verifies. Verifying costs microseconds; what
@@ -352,17 +352,25 @@ impl<'a> Search<'a> {
         let started = Instant::now();
         let mut verified = 0;
         let index = self.index;
+        // Each probe's grid and each candidate's is prepared (dilated) once,
+        // not once a pair.
+        let mut prepared: Vec<Prepared> = Vec::new();
         for found in self.found.iter_mut().filter(|f| f.l2.is_some()) {
             let Some(thumbnail) = thumbnails.get(index.id(found.slot)) else {
                 continue;
             };
+            if prepared.is_empty() {
+                prepared = self.probes.iter().map(|p| Prepared::new(&p.thumbnail)).collect();
+            }
+            let candidate = Prepared::new(thumbnail);
             // Every orientation, not only L2's pick: a nearly symmetric
             // drawing can hash closer turned the wrong way.
             // Ties keep the earlier probe: as is, unturned, whole frame.
             let best = self
                 .probes
                 .iter()
-                .map(|p| (p, verify(&p.thumbnail, thumbnail, f64::from(p.dropped))))
+                .zip(&prepared)
+                .map(|(p, q)| (p, verify_prepared(q, &candidate, f64::from(p.dropped))))
                 .reduce(|best, next| {
                     if next.1.similarity > best.1.similarity {
                         next
@@ -373,7 +381,7 @@ impl<'a> Search<'a> {
             if let Some((probe, _)) = best {
                 found.orientation = probe.orientation;
                 let dropped = f64::from(probe.dropped);
-                let coarse = verify_aligned(&probe.thumbnail, thumbnail, dropped);
+                let coarse = verify_aligned_prepared(&probe.thumbnail, &candidate, dropped);
                 // Only a duplicate needs the detail grid's word: it tells a
                 // copy from a look-alike, which the coarse grid cannot.
                 let detail = (coarse.similarity >= self.params.duplicate_threshold)

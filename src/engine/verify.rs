@@ -15,6 +15,8 @@
 //! in a circle) differ by less than a coarse cell, and the lower of the two
 //! scores stands.
 
+use std::borrow::Cow;
+
 use super::raster::{Ink, Orientation};
 
 /// Side of the coarse grid: 2 KiB a drawing as a bitmap (the detail grid
@@ -251,6 +253,13 @@ impl Grid {
         out
     }
 
+    /// Numbers of the rows with ink.
+    fn inked_rows(&self) -> Vec<usize> {
+        (0..self.side)
+            .filter(|&y| self.row(y).iter().any(|&w| w != 0))
+            .collect()
+    }
+
     fn ink_cells(&self) -> u32 {
         self.words.iter().map(|w| w.count_ones()).sum()
     }
@@ -420,7 +429,17 @@ pub fn similarity_of_coverage(coverage: f64) -> f64 {
 /// copies of a drawing (rescaled, turned) can round their boxes a cell
 /// apart, which the one-cell tolerance then spends on alignment alone.
 pub fn verify_aligned(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
-    compare_aligned(&query.coarse, &candidate.coarse, TOLERANCE, 1, dropped)
+    verify_aligned_prepared(query, &Prepared::new(candidate), dropped)
+}
+
+/// [`verify_aligned`] with the candidate prepared.
+pub fn verify_aligned_prepared(query: &Thumbnail, candidate: &Prepared, dropped: f64) -> Verification {
+    let given = (
+        Cow::Borrowed(&candidate.dilated[..]),
+        Cow::Borrowed(&candidate.rows[..]),
+    );
+    let mut shifts = Shifts::with(&query.coarse, &candidate.thumbnail.coarse, TOLERANCE, 1, given);
+    aligned(&mut shifts, 1, dropped)
 }
 
 /// The same comparison on the detail grids, where a look-alike's small
@@ -439,7 +458,12 @@ pub fn verify_detail(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> 
 }
 
 fn compare_aligned(query: &Grid, candidate: &Grid, tolerance: usize, reach: i32, dropped: f64) -> Verification {
-    let mut shifts = Shifts::new(query, candidate, tolerance, reach);
+    aligned(&mut Shifts::new(query, candidate, tolerance, reach), reach, dropped)
+}
+
+/// The best of the query's shifts within `reach`, unshifted first, the
+/// earlier shift on ties, done at the first full similarity.
+fn aligned(shifts: &mut Shifts, reach: i32, dropped: f64) -> Verification {
     let mut best = shifts.compare(0, 0, dropped);
     for dy in -reach..=reach {
         for dx in -reach..=reach {
@@ -471,29 +495,51 @@ struct Shifts<'a> {
     candidate: &'a Grid,
     tolerance: usize,
     reach: i32,
-    dilated_candidate: Vec<u64>,
+    dilated_candidate: Cow<'a, [u64]>,
     candidate_ink: u32,
     /// Row numbers of the query's and the candidate's inked rows.
     query_rows: Vec<usize>,
-    candidate_rows: Vec<usize>,
-    /// Per sideways shift `dx` (at `dx + reach`): the query's rows moved by
-    /// `dx` and widened by `tolerance`, once needed.
-    widened: Vec<Option<Vec<u64>>>,
+    candidate_rows: Cow<'a, [usize]>,
+    /// Per sideways shift `dx` (at `dx + reach`), once needed: the query's
+    /// rows moved by `dx` and widened by `tolerance`, and those rows
+    /// dilated down and up too (the dilation of the query moved sideways),
+    /// which serves every candidate row whose window the grid's edges do
+    /// not clip differently.
+    widened: Vec<Option<(Vec<u64>, Vec<u64>)>>,
     scratch: Vec<u64>,
 }
 
 impl<'a> Shifts<'a> {
     fn new(query: &'a Grid, candidate: &'a Grid, tolerance: usize, reach: i32) -> Shifts<'a> {
-        let inked = |g: &Grid| (0..g.side).filter(|&y| g.row(y).iter().any(|&w| w != 0)).collect();
+        Shifts::with(
+            query,
+            candidate,
+            tolerance,
+            reach,
+            (
+                Cow::Owned(candidate.dilated(tolerance)),
+                Cow::Owned(candidate.inked_rows()),
+            ),
+        )
+    }
+
+    /// With the candidate's dilation by `tolerance` and inked rows given.
+    fn with(
+        query: &'a Grid,
+        candidate: &'a Grid,
+        tolerance: usize,
+        reach: i32,
+        (dilated_candidate, candidate_rows): (Cow<'a, [u64]>, Cow<'a, [usize]>),
+    ) -> Shifts<'a> {
         Shifts {
             query,
             candidate,
             tolerance,
             reach,
-            dilated_candidate: candidate.dilated(tolerance),
+            dilated_candidate,
             candidate_ink: candidate.ink_cells(),
-            query_rows: inked(query),
-            candidate_rows: inked(candidate),
+            query_rows: query.inked_rows(),
+            candidate_rows,
             widened: vec![None; (2 * reach + 1) as usize],
             scratch: vec![0; 2 * query.stride()],
         }
@@ -520,16 +566,33 @@ impl<'a> Shifts<'a> {
         let query_covered = share(inside, ink) * (1.0 - dropped / 2.0);
 
         self.widen(dx);
-        let widened = self.widened[(dx + self.reach) as usize].as_deref().expect("widened");
+        let (widened, dilated) = self.widened[(dx + self.reach) as usize].as_ref().expect("widened");
         let tolerance = self.tolerance as i32;
         // Source rows whose shifted place is on the grid.
         let (first, last) = ((-dy).max(0), (side as i32 - 1 - dy).min(side as i32 - 1));
         let mut covered = 0u32;
         let mut near = [0u64; DETAIL / 64];
         let near = &mut near[..stride];
-        for &y in &self.candidate_rows {
-            let lo = (y as i32 - dy - tolerance).max(first);
-            let hi = (y as i32 - dy + tolerance).min(last);
+        for &y in self.candidate_rows.iter() {
+            let source = y as i32 - dy;
+            let lo = (source - tolerance).max(first);
+            let hi = (source + tolerance).min(last);
+            // The window `dilated` ORed at `source`: the same rows when
+            // only the grid's own edges clip it.
+            if (0..side as i32).contains(&source)
+                && lo == (source - tolerance).max(0)
+                && hi == (source + tolerance).min(side as i32 - 1)
+            {
+                let s = source as usize * stride;
+                covered += self
+                    .candidate
+                    .row(y)
+                    .iter()
+                    .zip(&dilated[s..s + stride])
+                    .map(|(c, d)| (c & d).count_ones())
+                    .sum::<u32>();
+                continue;
+            }
             near.fill(0);
             for source in lo..=hi {
                 let s = source as usize * stride;
@@ -559,11 +622,22 @@ impl<'a> Shifts<'a> {
         self.widened[(dx + self.reach) as usize].get_or_insert_with(|| {
             let stride = query.stride();
             let mut out = vec![0u64; query.words.len()];
+            let mut dilated = vec![0u64; query.words.len()];
             for &y in &self.query_rows {
                 shift_row(query.row(y), dx, moved);
-                widen_row(moved, tolerance, &mut out[y * stride..(y + 1) * stride], spare);
+                let row = &mut out[y * stride..(y + 1) * stride];
+                widen_row(moved, tolerance, row, spare);
+                let (lo, hi) = (y.saturating_sub(tolerance), (y + tolerance).min(query.side - 1));
+                for target in lo..=hi {
+                    for (d, w) in dilated[target * stride..(target + 1) * stride]
+                        .iter_mut()
+                        .zip(row.iter())
+                    {
+                        *d |= w;
+                    }
+                }
             }
-            out
+            (out, dilated)
         });
     }
 }
@@ -582,7 +656,57 @@ fn share(inside: u32, ink: u32) -> f64 {
 /// (a label, a note), so it weighs half: a heavy drawing with a small note
 /// stays a duplicate, a light one with a long label becomes similar.
 pub fn verify(query: &Thumbnail, candidate: &Thumbnail, dropped: f64) -> Verification {
-    Shifts::new(&query.coarse, &candidate.coarse, TOLERANCE, 0).compare(0, 0, dropped)
+    verify_prepared(&Prepared::new(query), &Prepared::new(candidate), dropped)
+}
+
+/// A thumbnail's coarse grid ready for [`verify_prepared`] against many
+/// others (a search verifies each probe against each candidate): its
+/// inked rows and its dilation, made once.
+pub struct Prepared<'a> {
+    thumbnail: &'a Thumbnail,
+    rows: Vec<usize>,
+    ink: u32,
+    dilated: Vec<u64>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(thumbnail: &'a Thumbnail) -> Prepared<'a> {
+        let coarse = &thumbnail.coarse;
+        Prepared {
+            thumbnail,
+            rows: coarse.inked_rows(),
+            ink: coarse.ink_cells(),
+            dilated: coarse.dilated(TOLERANCE),
+        }
+    }
+
+    /// How many of this grid's ink cells lie in `dilated`, an other grid's
+    /// dilation.
+    fn inside(&self, dilated: &[u64]) -> u32 {
+        let grid = &self.thumbnail.coarse;
+        let stride = grid.stride();
+        self.rows
+            .iter()
+            .map(|&y| {
+                grid.row(y)
+                    .iter()
+                    .zip(&dilated[y * stride..(y + 1) * stride])
+                    .map(|(w, d)| (w & d).count_ones())
+                    .sum::<u32>()
+            })
+            .sum()
+    }
+}
+
+/// [`verify`] of prepared thumbnails.
+pub fn verify_prepared(query: &Prepared, candidate: &Prepared, dropped: f64) -> Verification {
+    let query_covered = share(query.inside(&candidate.dilated), query.ink) * (1.0 - dropped / 2.0);
+    let candidate_covered = share(candidate.inside(&query.dilated), candidate.ink);
+    Verification {
+        query_covered,
+        candidate_covered,
+        similarity: score(query_covered, candidate_covered),
+    }
 }
 
 /// The similarity of two coverages. When the query holds all of the
@@ -1074,14 +1198,35 @@ mod tests {
             }
             sum
         };
+        // As Search::verify runs it: each grid prepared once.
+        let prepared = || {
+            let mut sum = 0.0;
+            let queries: Vec<Vec<Prepared>> = probes.iter().map(|p| p.iter().map(Prepared::new).collect()).collect();
+            for (probes, prepared) in probes.iter().zip(&queries) {
+                for c in &library {
+                    let c = Prepared::new(c);
+                    let (mut best, mut at) = (verify_prepared(&prepared[0], &c, 0.0), 0);
+                    for (i, p) in prepared.iter().enumerate().skip(1) {
+                        let v = verify_prepared(p, &c, 0.0);
+                        if v.similarity > best.similarity {
+                            (best, at) = (v, i);
+                        }
+                    }
+                    sum += verify_aligned_prepared(&probes[at], &c, 0.0).similarity;
+                    sum += verify_detail(&probes[at], c.thumbnail, 0.0).expect("detail").similarity;
+                }
+            }
+            sum
+        };
         let first: Verifiers = (verify_reference, compare_aligned_reference);
         let now: Verifiers = (verify, compare_aligned);
         assert_eq!(run(first).to_bits(), run(now).to_bits());
+        assert_eq!(run(first).to_bits(), prepared().to_bits());
         for round in 0..3 {
-            for (name, verifiers) in [("first", first), ("now", now)] {
+            for (name, verifiers) in [("first", Some(first)), ("unprepared", Some(now)), ("prepared", None)] {
                 let started = Instant::now();
                 for _ in 0..5 {
-                    std::hint::black_box(run(verifiers));
+                    std::hint::black_box(verifiers.map_or_else(prepared, run));
                 }
                 let per_query = started.elapsed().as_secs_f64() * 1e3 / (5 * probes.len()) as f64;
                 println!("round {round}: {name}: {per_query:.3} ms of L3 a query (12 candidates)");

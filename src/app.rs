@@ -120,7 +120,11 @@ impl App {
             Backing::Embedded(db) => ("database", db.check().await.map_err(|e| e.to_string())),
             Backing::Redis { redis, .. } => {
                 let reachable = redis.ping().await.map(drop).map_err(|e| e.to_string());
-                if let Ok(Some(warning)) = redis.eviction_warning().await {
+                // Asked only of a Redis that answers, so a probe while it is
+                // down does not wait out the command timeout.
+                if reachable.is_ok()
+                    && let Ok(Some(warning)) = redis.eviction_warning().await
+                {
                     warnings.push(warning);
                 }
                 ("redis", reachable)

@@ -232,7 +232,12 @@ impl Library {
         };
         let thumbnail = fingerprint.thumbnail.map(|t| t.to_bytes());
         if let Err(e) = self.store.insert(&drawing, thumbnail.as_deref()).await {
-            let _ = self.files.delete(&drawing.file_ref).await;
+            // An unanswered insert may still have been written (and its
+            // feed entry will bring it into the index): a file without a
+            // row is only wasted space, a row without its file is broken.
+            if !matches!(e, LibraryError::Unavailable(_)) {
+                let _ = self.files.delete(&drawing.file_ref).await;
+            }
             return Err(e);
         }
         self.update_index(&tenant, |index| index.insert(&drawing.drawing_id, &drawing.features));

@@ -174,11 +174,15 @@ struct Scripts {
 
 /// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
 /// created_at, payload, ttl, callback_url. Returns {admitted, live jobs}.
+/// A job that exists already was admitted by this very call: the client
+/// resends a script whose reply a dropped connection lost, and a second
+/// run must not reset a job a worker may have claimed since.
 const ADMIT: &str = r#"
 local live = redis.call('SCARD', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1, live} end
 if live >= tonumber(ARGV[1]) then return {0, live} end
 redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'tenant_id', ARGV[3], 'status', 'pending',
-  'created_at', ARGV[4], 'attempt', 0, 'cancel_requested', 0, 'callback_url', ARGV[7])
+  'created_at', ARGV[4], 'attempt', 0, 'deliveries', 0, 'cancel_requested', 0, 'callback_url', ARGV[7])
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
@@ -188,19 +192,44 @@ return {1, live + 1}
 "#;
 
 /// The start of [`CLAIM`] and all of [`RECLAIM`]: jobs whose lease ran out
-/// go back to the head of the queue. KEYS: queue, leases. ARGV[1]: now,
-/// ARGV[4]: prefix.
+/// go back to the head of the queue, their keys' TTL refreshed so a job
+/// lives as long as it is handled. An id whose job expired (nothing was
+/// refreshing it) gives its capacity back. KEYS: queue, leases, active.
+/// ARGV[1]: now, ARGV[4]: prefix, ARGV[5]: ttl.
 const RECLAIM_EXPIRED: &str = r#"
 local now = tonumber(ARGV[1])
 local reclaimed = 0
+local function refresh(id)
+  redis.call('EXPIRE', ARGV[4] .. ':job:' .. id, ARGV[5])
+  redis.call('EXPIRE', ARGV[4] .. ':payload:' .. id, ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', KEYS[2], id)
   local job = ARGV[4] .. ':job:' .. id
-  if redis.call('HGET', job, 'status') == 'in_progress' then
+  local status = redis.call('HGET', job, 'status')
+  if status == 'in_progress' then
     redis.call('HSET', job, 'status', 'pending')
     redis.call('HDEL', job, 'started_at')
     redis.call('LPUSH', KEYS[1], id)
+    refresh(id)
     reclaimed = reclaimed + 1
+  elseif not status then
+    redis.call('SREM', KEYS[3], id)
+  end
+end
+"#;
+
+/// After [`RECLAIM_EXPIRED`], in upkeep only: a few members of the active
+/// set are checked, and one whose job is gone or ended gives its capacity
+/// back. No script leaves one behind; this is the guard that keeps an
+/// unforeseen leak from filling the queue for ever.
+const SWEEP_ACTIVE: &str = r#"
+for _, id in ipairs(redis.call('SRANDMEMBER', KEYS[3], 20)) do
+  local status = redis.call('HGET', ARGV[4] .. ':job:' .. id, 'status')
+  if status ~= 'pending' and status ~= 'in_progress' then
+    redis.call('SREM', KEYS[3], id)
   end
 end
 "#;
@@ -210,20 +239,24 @@ const RECLAIM: &str = "return reclaimed";
 
 /// After [`RECLAIM_EXPIRED`]. KEYS: queue, leases, active, dead. ARGV:
 /// now, lease seconds, max deliveries, prefix, ttl. Returns {kind,
-/// reclaimed, id, attempt, payload, created_at | error}.
+/// reclaimed, id, attempt, payload, created_at | error}. `attempt`, the
+/// fencing token, only ever grows; `deliveries` counts the runs that
+/// did not finish, and is what a hand-back forgives and a replay resets.
 const CLAIM: &str = r#"
 while true do
   local id = redis.call('LPOP', KEYS[1])
   if not id then return {'empty', reclaimed} end
   local job = ARGV[4] .. ':job:' .. id
-  if redis.call('HGET', job, 'status') == 'pending' then
+  local fields = redis.call('HMGET', job, 'status', 'attempt', 'deliveries')
+  if fields[1] == 'pending' then
     local payload = redis.call('GET', ARGV[4] .. ':payload:' .. id)
-    local attempt = tonumber(redis.call('HGET', job, 'attempt') or '0')
+    local attempt = tonumber(fields[2] or '0') + 1
+    local deliveries = tonumber(fields[3] or '0')
     local refusal = nil
     if not payload then
       refusal = 'the job payload is gone (expired or deleted)'
-    elseif attempt >= tonumber(ARGV[3]) then
-      refusal = 'gave up after ' .. attempt .. ' deliveries that did not finish'
+    elseif deliveries >= tonumber(ARGV[3]) then
+      refusal = 'gave up after ' .. deliveries .. ' deliveries that did not finish'
     end
     if refusal then
       redis.call('HSET', job, 'status', 'failed', 'error', refusal, 'finished_at', ARGV[1])
@@ -233,15 +266,21 @@ while true do
       redis.call('EXPIRE', KEYS[4], ARGV[5])
       return {'failed', reclaimed, id, attempt, payload or '', refusal}
     end
-    redis.call('HSET', job, 'status', 'in_progress', 'started_at', ARGV[1], 'attempt', attempt + 1)
+    redis.call('HSET', job, 'status', 'in_progress', 'started_at', ARGV[1], 'attempt', attempt,
+      'deliveries', deliveries + 1)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
-    return {'run', reclaimed, id, attempt + 1, payload, redis.call('HGET', job, 'created_at')}
+    refresh(id)
+    return {'run', reclaimed, id, attempt, payload, redis.call('HGET', job, 'created_at')}
+  elseif not fields[1] then
+    redis.call('SREM', KEYS[3], id)
   end
 end
 "#;
 
-/// KEYS: job, leases. ARGV: id, attempt, deadline. Returns 1 while the
-/// lease is this attempt's, 2 when a cancel was asked for, else 0.
+/// KEYS: job, leases, payload, active. ARGV: id, attempt, deadline, ttl.
+/// Returns 1 while the lease is this attempt's, 2 when a cancel was asked
+/// for, else 0. A held lease refreshes the job's TTL, so a job runs as long
+/// as its timeout allows whatever the TTL.
 const HEARTBEAT: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'cancel_requested')
 if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then
@@ -249,32 +288,39 @@ if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then
   return 0
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[4]) end
 return 1
 "#;
 
-/// KEYS: job, leases, active, result. ARGV: id, attempt, status, result,
-/// error, now, ttl. Returns 1 when recorded.
+/// KEYS: job, leases, active, result, payload. ARGV: id, attempt, status,
+/// result, error, now, ttl. Returns 1 when recorded, also when this very
+/// outcome already was (a resent call whose reply was lost).
 const FINISH: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+if fields[1] == ARGV[3] and fields[2] == ARGV[2] then return 1 end
 if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[5], ARGV[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 "#;
 
-/// KEYS: job, leases, queue. ARGV: id, attempt, deliveries forgiven (1
-/// when the worker was told to stop, 0 when the run gave up).
+/// KEYS: job, leases, queue, payload. ARGV: id, attempt, deliveries
+/// forgiven (1 when the worker was told to stop, 0 when the run gave up),
+/// ttl.
 const HAND_BACK: &str = r#"
-local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt', 'deliveries')
 if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'pending', 'attempt', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+local deliveries = math.max(0, tonumber(fields[3] or '0') - tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'status', 'pending', 'deliveries', deliveries)
 redis.call('HDEL', KEYS[1], 'started_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[1])
+for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[4]) end
 return 1
 "#;
 
@@ -287,6 +333,7 @@ if fields[1] ~= ARGV[2] then return {'forbidden', '', ''} end
 if fields[2] ~= 'pending' and fields[2] ~= 'in_progress' then return {'finished', fields[2], ''} end
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'cancel_requested', 1, 'finished_at', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -294,18 +341,23 @@ return {'canceled', fields[2], redis.call('GET', KEYS[5]) or ''}
 "#;
 
 /// KEYS: dead, queue, active. ARGV: prefix, ttl. Every dead job still
-/// stored goes back to pending with its deliveries forgotten; returns the
-/// ids requeued.
+/// stored goes back to pending with its deliveries forgotten (its attempt,
+/// the fencing token, keeps growing); returns the ids requeued.
 const REQUEUE_DEAD: &str = r#"
 local requeued = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local job = ARGV[1] .. ':job:' .. id
-  if redis.call('HGET', job, 'status') == 'failed' and redis.call('EXISTS', ARGV[1] .. ':payload:' .. id) == 1 then
-    redis.call('HSET', job, 'status', 'pending', 'attempt', 0)
+  local fields = redis.call('HMGET', job, 'status', 'tenant_id', 'created_at')
+  if fields[1] == 'failed' and redis.call('EXISTS', ARGV[1] .. ':payload:' .. id) == 1 then
+    redis.call('HSET', job, 'status', 'pending', 'deliveries', 0)
     redis.call('HDEL', job, 'error', 'finished_at', 'started_at')
     redis.call('SADD', KEYS[3], id)
     redis.call('RPUSH', KEYS[2], id)
-    for _, key in ipairs({job, ARGV[1] .. ':payload:' .. id, KEYS[2], KEYS[3]}) do redis.call('EXPIRE', key, ARGV[2]) end
+    local tenant_jobs = ARGV[1] .. ':tenant:' .. fields[2] .. ':jobs'
+    redis.call('ZADD', tenant_jobs, fields[3], id)
+    for _, key in ipairs({job, ARGV[1] .. ':payload:' .. id, KEYS[2], KEYS[3], tenant_jobs}) do
+      redis.call('EXPIRE', key, ARGV[2])
+    end
     requeued[#requeued + 1] = id
   end
 end
@@ -340,7 +392,7 @@ impl RedisJobs {
             scripts: Scripts {
                 admit: Script::from_lua(ADMIT),
                 claim: Script::from_lua(format!("{RECLAIM_EXPIRED}{CLAIM}")),
-                reclaim: Script::from_lua(format!("{RECLAIM_EXPIRED}{RECLAIM}")),
+                reclaim: Script::from_lua(format!("{RECLAIM_EXPIRED}{SWEEP_ACTIVE}{RECLAIM}")),
                 heartbeat: Script::from_lua(HEARTBEAT),
                 finish: Script::from_lua(FINISH),
                 hand_back: Script::from_lua(HAND_BACK),
@@ -367,6 +419,7 @@ impl RedisJobs {
             self.keys.leases(),
             self.keys.active(),
             self.keys.result(job_id),
+            self.keys.payload(job_id),
         ];
         let args = vec![
             job_id.to_string(),
@@ -582,8 +635,18 @@ impl JobStore for RedisJobs {
         let kept: i64 = self
             .run(
                 &self.scripts.heartbeat,
-                vec![self.keys.job(&job.job_id), self.keys.leases()],
-                vec![job.job_id.clone(), job.attempt.to_string(), deadline.to_string()],
+                vec![
+                    self.keys.job(&job.job_id),
+                    self.keys.leases(),
+                    self.keys.payload(&job.job_id),
+                    self.keys.active(),
+                ],
+                vec![
+                    job.job_id.clone(),
+                    job.attempt.to_string(),
+                    deadline.to_string(),
+                    self.timing.ttl_seconds.to_string(),
+                ],
             )
             .await?;
         Ok(match kept {
@@ -594,9 +657,19 @@ impl JobStore for RedisJobs {
     }
 
     async fn hand_back(&self, job: &Claimed, delivery: Delivery) -> Result<(), JobError> {
-        let keys = vec![self.keys.job(&job.job_id), self.keys.leases(), self.keys.queue.clone()];
+        let keys = vec![
+            self.keys.job(&job.job_id),
+            self.keys.leases(),
+            self.keys.queue.clone(),
+            self.keys.payload(&job.job_id),
+        ];
         let forgiven = u32::from(delivery == Delivery::Uncounted);
-        let args = vec![job.job_id.clone(), job.attempt.to_string(), forgiven.to_string()];
+        let args = vec![
+            job.job_id.clone(),
+            job.attempt.to_string(),
+            forgiven.to_string(),
+            self.timing.ttl_seconds.to_string(),
+        ];
         let _: i64 = self.run(&self.scripts.hand_back, keys, args).await?;
         Ok(())
     }
@@ -612,8 +685,14 @@ impl JobStore for RedisJobs {
     /// ids); what upkeep does here is return jobs whose worker is gone to
     /// the queue even while no worker claims.
     async fn expire(&self, now: f64) -> Result<u64, JobError> {
-        let keys = vec![self.keys.queue.clone(), self.keys.leases()];
-        let args = vec![now.to_string(), String::new(), String::new(), self.keys.prefix.clone()];
+        let keys = vec![self.keys.queue.clone(), self.keys.leases(), self.keys.active()];
+        let args = vec![
+            now.to_string(),
+            String::new(),
+            String::new(),
+            self.keys.prefix.clone(),
+            self.timing.ttl_seconds.to_string(),
+        ];
         let reclaimed: u64 = self.run(&self.scripts.reclaim, keys, args).await?;
         count_reclaims(reclaimed);
         Ok(0)

@@ -54,10 +54,15 @@ async fn claim_loop(app: Arc<App>, shutdown: CancellationToken, slot: usize, onc
     while !shutdown.is_cancelled() {
         match app.jobs.claim(now(), app.config.max_deliveries).await {
             Ok(Claim::Run(job)) => {
-                outage.reset();
                 // There may be more: an idle sibling looks now, not at its next poll.
                 app.job_admitted.notify_one();
-                run_claimed(&app, job, &shutdown).await;
+                if run_claimed(&app, job, &shutdown).await == Run::MetAnOutage {
+                    // The job went back to the head of the queue: claiming it
+                    // again at once would spend its deliveries in seconds.
+                    pause(outage.next(), &shutdown).await;
+                } else {
+                    outage.reset();
+                }
             }
             Ok(Claim::Failed {
                 job_id,
@@ -82,13 +87,23 @@ async fn claim_loop(app: Arc<App>, shutdown: CancellationToken, slot: usize, onc
             Err(error) => {
                 let wait = outage.next();
                 tracing::warn!(message = "cannot claim jobs", slot, %error, retry_in_ms = wait.as_millis() as u64);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => {}
-                }
+                pause(wait, &shutdown).await;
             }
         }
     }
+}
+
+async fn pause(wait: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[derive(PartialEq)]
+enum Run {
+    Done,
+    MetAnOutage,
 }
 
 enum Ending {
@@ -99,7 +114,7 @@ enum Ending {
     HandedBack(Delivery),
 }
 
-async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) {
+async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) -> Run {
     let started = Instant::now();
     let cancel = app.track_running(&job.job_id);
     let grace_over = async {
@@ -121,6 +136,10 @@ async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) {
         _ = grace_over => Ending::HandedBack(Delivery::Uncounted),
     };
     app.untrack_running(&job.job_id);
+    let run = match ending {
+        Ending::HandedBack(Delivery::Counted) => Run::MetAnOutage,
+        _ => Run::Done,
+    };
     match ending {
         Ending::Finished(outcome) => record(app, &job, outcome, started).await,
         Ending::Canceled => tracing::info!(message = "job canceled while running", job_id = %job.job_id),
@@ -134,6 +153,7 @@ async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) {
             }
         },
     }
+    run
 }
 
 /// Heartbeats until the job must stop. A heartbeat that fails (Redis down)

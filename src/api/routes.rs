@@ -395,9 +395,12 @@ impl Api {
     }
 }
 
-/// Gauges are set from the store, so they are right whoever changed the jobs.
+/// Gauges are set from the store, so they are right whoever changed the
+/// jobs. A store that does not answer in time leaves the last values, so a
+/// scrape during an outage still answers within Prometheus's timeout.
 pub async fn update_queue_gauges(jobs: &dyn JobStore) {
-    if let Ok(counts) = jobs.counts().await {
+    const COUNTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    if let Ok(Ok(counts)) = tokio::time::timeout(COUNTS_TIMEOUT, jobs.counts()).await {
         metrics::gauge!(t::JOBS_QUEUED).set(counts.pending as f64);
         metrics::gauge!(t::JOBS_ACTIVE).set(counts.running as f64);
         metrics::gauge!(t::JOB_QUEUE_DEPTH).set((counts.pending + counts.running) as f64);

@@ -100,9 +100,15 @@ end
 
 /// KEYS: changes, meta, drawings, thumbs, order. ARGV: feed (3), tenant,
 /// id, row, order member, has thumbnail, thumbnail. Returns 1 when
-/// inserted, 0 when the id exists.
+/// inserted, 0 when the id exists. The same row again is this very insert,
+/// resent after a dropped connection lost its reply: 1, not "exists",
+/// or the caller would delete the file the row points to.
 const INSERT: &str = r#"
-if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 1 then return 0 end
+local existing = redis.call('HGET', KEYS[3], ARGV[5])
+if existing then
+  if existing == ARGV[6] then return 1 end
+  return 0
+end
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
 if ARGV[8] == '1' then redis.call('HSET', KEYS[4], ARGV[5], ARGV[9]) end
 redis.call('ZADD', KEYS[5], 0, ARGV[7])

@@ -40,18 +40,27 @@ async fn a_paused_worker_cannot_overwrite_the_run_that_replaced_it() {
         .worker(&[("DEDUP2D_JOB_DELAY_MS", "3000"), ("DEDUP2D_LEASE_SECONDS", "2")])
         .await;
     let job = api.submit(png(1)).await;
-    api.wait_status(&job, &["in_progress"]).await;
+    let first = api.wait_status(&job, &["in_progress"]).await;
     zombie.signal("STOP");
 
-    let rescuer = cluster.worker(&[]).await;
+    // The rescuer is still running its attempt when the zombie wakes, so
+    // only the fencing token (not a finished status) can refuse the zombie.
+    let rescuer = cluster.worker(&[("DEDUP2D_JOB_DELAY_MS", "6000")]).await;
+    let mut rescued = first.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rescued["started_at"] == first["started_at"] || rescued["status"] != "in_progress" {
+        assert!(Instant::now() < deadline, "no worker took over the job: {rescued}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rescued = api.get(&format!("/jobs/{job}")).await.1;
+    }
+    zombie.signal("CONT");
+    // Its sleep is over: it finishes at once or learns at its next heartbeat
+    // that it lost the job, and either way writes nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, meanwhile) = api.get(&format!("/jobs/{job}")).await;
+    assert_eq!(meanwhile, rescued, "the zombie's late write changed the job");
     let done = api.wait_terminal(&job).await;
     assert_eq!(done["status"], "completed");
-    zombie.signal("CONT");
-    // Its sleep is over: within a heartbeat it finishes or learns it lost
-    // the job, and either way is refused.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, after) = api.get(&format!("/jobs/{job}")).await;
-    assert_eq!(after, done, "the late write changed the job");
     assert_eq!(zombie.metric(COMPLETED).await, 0.0);
     assert_eq!(rescuer.metric(COMPLETED).await, 1.0);
 }
@@ -272,25 +281,44 @@ async fn a_drawing_added_through_one_api_is_found_by_every_worker_within_a_secon
     let cluster = Cluster::start().await;
     let api_a = cluster.api(&[]).await;
     let (_b, api_b) = cluster.api_process(&[]).await;
-    let _worker = cluster.worker(&[]).await;
-    // Every process has loaded the (empty) library before the add.
-    let before = api_b.wait_terminal(&api_b.submit(png(1)).await).await;
-    assert_eq!(before["result"]["total_matches"], 0, "{before}");
+    // One job at a time, slow enough that both workers take some.
+    let slow_single = [("DEDUP2D_WORKER_MAX_JOBS", "1"), ("DEDUP2D_JOB_DELAY_MS", "300")];
+    let workers = [cluster.worker(&slow_single).await, cluster.worker(&slow_single).await];
+    let searches = || join_all((0..4).map(|_| async { api_b.wait_terminal(&api_b.submit(png(1)).await).await }));
+    // Every process has loaded the (empty) library before the add, so what
+    // follows is each one following the change feed, not a first load.
+    for before in searches().await {
+        assert_eq!(before["result"]["total_matches"], 0, "{before}");
+    }
+    for worker in &workers {
+        assert!(worker.metric(COMPLETED).await >= 1.0, "a worker ran no search");
+    }
     let (status, _) = api_b.post("/search", Some(form(png(1), "q.png"))).await;
     assert_eq!(status, 200);
 
     let drawing = api_a.add(png(1), "part.png").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let found = api_b.wait_terminal(&api_b.submit(png(1)).await).await;
-    assert_eq!(found["result"]["duplicates"][0]["drawing_id"], drawing, "{found}");
+    let completed_before = [workers[0].metric(COMPLETED).await, workers[1].metric(COMPLETED).await];
+    for found in searches().await {
+        assert_eq!(found["result"]["duplicates"][0]["drawing_id"], drawing, "{found}");
+    }
+    for (worker, before) in workers.iter().zip(completed_before) {
+        assert!(
+            worker.metric(COMPLETED).await > before,
+            "a worker ran none of the searches"
+        );
+    }
     let (_, sync) = api_b.post("/search", Some(form(png(1), "q.png"))).await;
     assert_eq!(sync["duplicates"][0]["drawing_id"], drawing, "{sync}");
 
     let (status, _) = api_b.delete_as(&format!("/index/{drawing}"), None).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let gone = api_a.wait_terminal(&api_a.submit(png(1)).await).await;
-    assert_eq!(gone["result"]["total_matches"], 0, "{gone}");
+    for gone in searches().await {
+        assert_eq!(gone["result"]["total_matches"], 0, "{gone}");
+    }
+    let (_, sync) = api_a.post("/search", Some(form(png(1), "q.png"))).await;
+    assert_eq!(sync["total_matches"], 0, "{sync}");
 }
 
 #[tokio::test]

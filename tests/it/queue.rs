@@ -17,9 +17,13 @@ use crate::support::redis::RedisServer;
 const LEASE: f64 = 30.0;
 
 async fn jobs(redis: &RedisServer) -> RedisJobs {
+    jobs_living(redis, 3600).await
+}
+
+async fn jobs_living(redis: &RedisServer, ttl_seconds: u64) -> RedisJobs {
     let timing = Timing {
         lease_seconds: LEASE,
-        ttl_seconds: 3600,
+        ttl_seconds,
     };
     Redis::connect(&redis.url())
         .await
@@ -130,6 +134,8 @@ async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list_until_rep
         assert_eq!(claim_max(&store, now, 2).await, Some(attempt));
         now += LEASE + 1.0; // each worker dies mid-job
     }
+    // Or the second one only froze: it must stay fenced off after a replay.
+    let frozen = claimed("crashy", 2);
     match store.claim(now, 2).await.unwrap() {
         Claim::Failed { job_id, error, .. } => {
             assert_eq!(job_id, "crashy");
@@ -146,10 +152,26 @@ async fn a_job_delivered_too_often_ends_failed_on_the_dead_letter_list_until_rep
     // An operator replays it once whatever killed its workers is fixed.
     assert_eq!(store.requeue_dead().await.unwrap(), ["crashy"]);
     assert!(store.dead_letters().await.unwrap().is_empty());
-    let replayed = claim(&store, now).await;
-    assert_eq!((replayed.job_id.as_str(), replayed.attempt), ("crashy", 1));
-    assert!(store.finish(&replayed, done(3), now).await.unwrap());
-    assert_eq!(store.get("crashy").await.unwrap().unwrap().status, Status::Completed);
+    let replayed = claim_max(&store, now, 1).await;
+    assert_eq!(replayed, Some(3), "deliveries start again, the fencing token does not");
+    assert_eq!(store.heartbeat(&frozen, now).await.unwrap(), Lease::Lost);
+    assert!(!store.finish(&frozen, done(2), now).await.unwrap());
+    assert!(store.finish(&claimed("crashy", 3), done(3), now).await.unwrap());
+    let job = store.get("crashy").await.unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.result),
+        (Status::Completed, Some(serde_json::json!({ "by": 3 })))
+    );
+}
+
+/// A runner's hold on attempt `attempt` of a job made by [`new_job`].
+fn claimed(id: &str, attempt: u32) -> Claimed {
+    Claimed {
+        job_id: id.to_string(),
+        attempt,
+        payload: new_job(id, "t", 1.0).payload,
+        created_at: 1.0,
+    }
 }
 
 async fn claim_max(store: &RedisJobs, now: f64, max: u32) -> Option<u32> {
@@ -202,8 +224,77 @@ async fn a_handed_back_job_runs_next_without_counting_a_delivery() {
     store.admit(new_job("second", "t", 2.0), 10).await.unwrap();
     let first = claim(&store, 5.0).await;
     store.hand_back(&first, Delivery::Uncounted).await.unwrap();
-    let again = claim(&store, 6.0).await;
-    assert_eq!((again.job_id.as_str(), again.attempt), ("first", 1));
+    // One delivery allowed, and it was forgiven; the fencing token still grew.
+    let again = match store.claim(6.0, 1).await.unwrap() {
+        Claim::Run(job) => job,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((again.job_id.as_str(), again.attempt), ("first", 2));
+    assert!(!store.finish(&first, done(1), 7.0).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_job_lives_while_it_is_handled_and_one_left_to_expire_gives_its_capacity_back() {
+    let redis = RedisServer::start().await;
+    let store = jobs_living(&redis, 1).await;
+    store.admit(new_job("long", "t", 1.0), 2).await.unwrap();
+    let long = claim(&store, 2.0).await;
+    store.admit(new_job("forgotten", "t", 3.0), 2).await.unwrap();
+    // Both live past the one-second TTL; only the running one is refreshed.
+    for beat in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            store.heartbeat(&long, 4.0 + f64::from(beat)).await.unwrap(),
+            Lease::Held
+        );
+    }
+    assert!(store.get("forgotten").await.unwrap().is_none(), "its keys expired");
+    assert!(store.finish(&long, done(1), 10.0).await.unwrap());
+    assert_eq!(store.get("long").await.unwrap().unwrap().status, Status::Completed);
+    // The expired job's id holds no capacity once upkeep has looked.
+    assert!(matches!(store.claim(11.0, 5).await.unwrap(), Claim::Empty));
+    store.expire(11.0).await.unwrap();
+    store.admit(new_job("a", "t", 12.0), 2).await.unwrap();
+    store.admit(new_job("b", "t", 12.0), 2).await.unwrap();
+}
+
+#[tokio::test]
+async fn upkeep_gives_back_capacity_held_by_a_job_that_no_longer_runs() {
+    let redis = RedisServer::start().await;
+    let store = jobs(&redis).await;
+    let cli = fred::prelude::Client::new(fred::prelude::Config::from_url(&redis.url()).unwrap(), None, None, None);
+    fred::prelude::ClientLike::init(&cli).await.unwrap();
+    // Leaked by hand: an id in `{p}:active` whose job is gone.
+    let _: i64 = fred::prelude::SetsInterface::sadd(&cli, "dedup2d:active", "ghost")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.admit(new_job("j", "t", 1.0), 1).await,
+        Err(JobError::QueueFull { .. })
+    ));
+    store.expire(2.0).await.unwrap();
+    store.admit(new_job("j", "t", 1.0), 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_resent_admit_or_finish_changes_nothing() {
+    // fred resends a command whose connection dropped before its reply.
+    let redis = RedisServer::start().await;
+    let store = jobs(&redis).await;
+    store.admit(new_job("j", "t", 1.0), 1).await.unwrap();
+    let running = claim(&store, 2.0).await;
+    store
+        .admit(new_job("j", "t", 1.0), 1)
+        .await
+        .expect("the same admission again");
+    assert_eq!(store.get("j").await.unwrap().unwrap().status, Status::InProgress);
+    assert!(matches!(store.claim(3.0, 5).await.unwrap(), Claim::Empty));
+    assert!(store.finish(&running, done(1), 4.0).await.unwrap());
+    assert!(
+        store.finish(&running, done(1), 4.0).await.unwrap(),
+        "the same outcome again"
+    );
+    assert_eq!(store.counts().await.unwrap(), Default::default());
 }
 
 #[tokio::test]

@@ -202,8 +202,6 @@ local reclaimed = 0
 local function refresh(id)
   redis.call('EXPIRE', ARGV[4] .. ':job:' .. id, ARGV[5])
   redis.call('EXPIRE', ARGV[4] .. ':payload:' .. id, ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', KEYS[2], id)
@@ -214,6 +212,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0
     redis.call('HDEL', job, 'started_at')
     redis.call('LPUSH', KEYS[1], id)
     refresh(id)
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
     reclaimed = reclaimed + 1
   elseif not status then
     redis.call('SREM', KEYS[3], id)
@@ -247,7 +247,7 @@ while true do
   local id = redis.call('LPOP', KEYS[1])
   if not id then return {'empty', reclaimed} end
   local job = ARGV[4] .. ':job:' .. id
-  local fields = redis.call('HMGET', job, 'status', 'attempt', 'deliveries')
+  local fields = redis.call('HMGET', job, 'status', 'attempt', 'deliveries', 'created_at')
   if fields[1] == 'pending' then
     local payload = redis.call('GET', ARGV[4] .. ':payload:' .. id)
     local attempt = tonumber(fields[2] or '0') + 1
@@ -270,7 +270,7 @@ while true do
       'deliveries', deliveries + 1)
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), id)
     refresh(id)
-    return {'run', reclaimed, id, attempt, payload, redis.call('HGET', job, 'created_at')}
+    return {'run', reclaimed, id, attempt, payload, fields[4]}
   elseif not fields[1] then
     redis.call('SREM', KEYS[3], id)
   end
@@ -292,8 +292,8 @@ for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', key, A
 return 1
 "#;
 
-/// KEYS: job, leases, active, result, payload. ARGV: id, attempt, status,
-/// result, error, now, ttl. Returns 1 when recorded, also when this very
+/// KEYS: job, leases, active, result. ARGV: id, attempt, status, result,
+/// error, now, ttl. Returns 1 when recorded, also when this very
 /// outcome already was (a resent call whose reply was lost).
 const FINISH: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
@@ -303,7 +303,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('EXPIRE', KEYS[5], ARGV[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
 return 1
@@ -419,7 +418,6 @@ impl RedisJobs {
             self.keys.leases(),
             self.keys.active(),
             self.keys.result(job_id),
-            self.keys.payload(job_id),
         ];
         let args = vec![
             job_id.to_string(),

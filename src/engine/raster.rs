@@ -859,24 +859,54 @@ fn dhash(area: &AreaSums) -> Hash256 {
 }
 
 /// The 16 × 16 lowest frequencies of a 64 × 64 DCT-II, each against their median.
-fn phash(area: &AreaSums) -> Hash256 {
-    const N: usize = PHASH_CELLS;
-    const K: usize = 16;
-    let cells = shrink(area, N, N);
-    let basis: Vec<f32> = (0..K)
-        .flat_map(|k| (0..N).map(move |n| (std::f32::consts::PI / N as f32 * (n as f32 + 0.5) * k as f32).cos()))
-        .collect();
-    // Rows first (N × K), then columns (K × K).
-    let mut rows = vec![0.0f32; N * K];
-    for y in 0..N {
-        for k in 0..K {
-            rows[y * K + k] = (0..N).map(|x| cells[y * N + x] * basis[k * N + x]).sum();
+const PHASH_TERMS: usize = 16;
+
+/// The DCT-II basis pHash reads, `[n][k]`: the same for every hash, so
+/// made once, and laid out so the sixteen terms of one sample are adjacent.
+type PhashBasis = [[f32; PHASH_TERMS]; PHASH_CELLS];
+
+fn phash_basis() -> &'static PhashBasis {
+    static BASIS: std::sync::OnceLock<PhashBasis> = std::sync::OnceLock::new();
+    BASIS.get_or_init(|| {
+        let mut basis = [[0.0f32; PHASH_TERMS]; PHASH_CELLS];
+        for (n, terms) in basis.iter_mut().enumerate() {
+            for (k, b) in terms.iter_mut().enumerate() {
+                *b = (std::f32::consts::PI / PHASH_CELLS as f32 * (n as f32 + 0.5) * k as f32).cos();
+            }
+        }
+        basis
+    })
+}
+
+/// `out[k] = Σ_n values[n] · basis[n][k]` for every k at once. Each sum
+/// still adds its terms in order from -0.0 (as `Iterator::sum` does), so
+/// it is bit for bit the one-k-at-a-time sum; sixteen independent sums
+/// over adjacent terms are what the compiler can vectorise.
+fn dct_terms(values: impl Iterator<Item = f32>, basis: &PhashBasis) -> [f32; PHASH_TERMS] {
+    let mut out = [-0.0f32; PHASH_TERMS];
+    for (v, terms) in values.zip(basis) {
+        for (o, b) in out.iter_mut().zip(terms) {
+            *o += v * b;
         }
     }
+    out
+}
+
+fn phash(area: &AreaSums) -> Hash256 {
+    const N: usize = PHASH_CELLS;
+    const K: usize = PHASH_TERMS;
+    let cells = shrink(area, N, N);
+    let basis = phash_basis();
+    // Rows first (N × K), then columns (K × K).
+    let rows: Vec<[f32; K]> = cells
+        .chunks_exact(N)
+        .map(|row| dct_terms(row.iter().copied(), basis))
+        .collect();
     let mut coefficients = vec![0.0f32; K * K];
-    for ky in 0..K {
-        for kx in 0..K {
-            coefficients[ky * K + kx] = (0..N).map(|y| rows[y * K + kx] * basis[ky * N + y]).sum();
+    for kx in 0..K {
+        let column = dct_terms(rows.iter().map(|r| r[kx]), basis);
+        for (ky, c) in column.into_iter().enumerate() {
+            coefficients[ky * K + kx] = c;
         }
     }
     let mut sorted = coefficients.clone();

@@ -815,26 +815,29 @@ impl AreaSums {
             sums,
         }
     }
-
-    fn at(&self, x: usize, y: usize) -> f64 {
-        match (self.column_at[x], self.row_at[y]) {
-            (Some(c), Some(r)) => self.sums[r * self.columns + c],
-            _ => unreachable!("shrink reads only the lines the table keeps"),
-        }
-    }
 }
 
 /// Area-average of an Ink grid down to `w` × `h` cells (whole source
 /// pixels per cell, as `Integral::mean` takes them).
 fn shrink(area: &AreaSums, w: usize, h: usize) -> Vec<f32> {
     let n = area.row_at.len() - 1;
+    // Each cell's bounds as places in the table, worked out once a column
+    // rather than once a cell.
+    let kept = |at: &[Option<usize>], line: usize| at[line].expect("shrink reads only the lines the table keeps");
+    let columns: Vec<(usize, usize, usize)> = (0..w)
+        .map(|x| {
+            let (x0, x1) = shrink_bounds(x, w, n);
+            (kept(&area.column_at, x0), kept(&area.column_at, x1), x1 - x0)
+        })
+        .collect();
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
         let (y0, y1) = shrink_bounds(y, h, n);
-        for x in 0..w {
-            let (x0, x1) = shrink_bounds(x, w, n);
-            let total = area.at(x1, y1) - area.at(x0, y1) - area.at(x1, y0) + area.at(x0, y0);
-            out.push((total / ((x1 - x0) * (y1 - y0)) as f64) as f32);
+        let top = &area.sums[kept(&area.row_at, y0) * area.columns..][..area.columns];
+        let bottom = &area.sums[kept(&area.row_at, y1) * area.columns..][..area.columns];
+        for &(c0, c1, width) in &columns {
+            let total = bottom[c1] - bottom[c0] - top[c1] + top[c0];
+            out.push((total / (width * (y1 - y0)) as f64) as f32);
         }
     }
     out

@@ -191,6 +191,15 @@ for _, key in ipairs({KEYS[1], KEYS[2], KEYS[4], KEYS[5]}) do redis.call('EXPIRE
 return {1, live + 1}
 "#;
 
+/// Refreshes a key's TTL once half of it is gone, not on every call: an
+/// EXPIRE is a write the AOF records, and claims and heartbeats are the
+/// hottest scripts; reading the TTL is not.
+const KEEP: &str = r#"
+local function keep(key, ttl)
+  if redis.call('PTTL', key) < tonumber(ttl) * 500 then redis.call('EXPIRE', key, ttl) end
+end
+"#;
+
 /// The start of [`CLAIM`] and all of [`RECLAIM`]: jobs whose lease ran out
 /// go back to the head of the queue, their keys' TTL refreshed so a job
 /// lives as long as it is handled. An id whose job expired (nothing was
@@ -200,8 +209,8 @@ const RECLAIM_EXPIRED: &str = r#"
 local now = tonumber(ARGV[1])
 local reclaimed = 0
 local function refresh(id)
-  redis.call('EXPIRE', ARGV[4] .. ':job:' .. id, ARGV[5])
-  redis.call('EXPIRE', ARGV[4] .. ':payload:' .. id, ARGV[5])
+  keep(ARGV[4] .. ':job:' .. id, ARGV[5])
+  keep(ARGV[4] .. ':payload:' .. id, ARGV[5])
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
   redis.call('ZREM', KEYS[2], id)
@@ -288,7 +297,7 @@ if fields[1] ~= 'in_progress' or fields[2] ~= ARGV[2] then
   return 0
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', key, ARGV[4]) end
+for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do keep(key, ARGV[4]) end
 return 1
 "#;
 
@@ -390,9 +399,9 @@ impl RedisJobs {
             timing,
             scripts: Scripts {
                 admit: Script::from_lua(ADMIT),
-                claim: Script::from_lua(format!("{RECLAIM_EXPIRED}{CLAIM}")),
-                reclaim: Script::from_lua(format!("{RECLAIM_EXPIRED}{SWEEP_ACTIVE}{RECLAIM}")),
-                heartbeat: Script::from_lua(HEARTBEAT),
+                claim: Script::from_lua(format!("{KEEP}{RECLAIM_EXPIRED}{CLAIM}")),
+                reclaim: Script::from_lua(format!("{KEEP}{RECLAIM_EXPIRED}{SWEEP_ACTIVE}{RECLAIM}")),
+                heartbeat: Script::from_lua(format!("{KEEP}{HEARTBEAT}")),
                 finish: Script::from_lua(FINISH),
                 hand_back: Script::from_lua(HAND_BACK),
                 cancel: Script::from_lua(CANCEL),

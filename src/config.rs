@@ -518,6 +518,15 @@ mod tests {
         assert_eq!(c.async_ttl, Duration::from_secs(3600));
         assert_eq!(c.async_job_timeout, Duration::from_secs(300));
         assert!(c.api_keys.is_empty());
+        // The distributed mode's (issue #4: a reclaim within 30 s by default).
+        assert_eq!(
+            (c.redis_key_prefix.as_str(), c.arq_queue_name.as_str()),
+            ("dedup2d", "dedup2d:queue")
+        );
+        assert_eq!((c.worker_max_jobs, c.max_deliveries), (10, 5));
+        assert_eq!(c.worker_shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.worker_metrics_listen.to_string(), "127.0.0.1:9108");
+        assert!(c.lease <= Duration::from_secs(30), "{:?}", c.lease);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use dedup2d::jobs::{
 };
 use dedup2d::queue::{Keys, Redis, RedisJobs, Timing};
 use dedup2d::store::FileRef;
+use fred::prelude::SetsInterface;
 
 use crate::support::redis::RedisServer;
 
@@ -262,12 +263,9 @@ async fn a_job_lives_while_it_is_handled_and_one_left_to_expire_gives_its_capaci
 async fn upkeep_gives_back_capacity_held_by_a_job_that_no_longer_runs() {
     let redis = RedisServer::start().await;
     let store = jobs(&redis).await;
-    let cli = fred::prelude::Client::new(fred::prelude::Config::from_url(&redis.url()).unwrap(), None, None, None);
-    fred::prelude::ClientLike::init(&cli).await.unwrap();
+    let cli = redis.cli().await;
     // Leaked by hand: an id in `{p}:active` whose job is gone.
-    let _: i64 = fred::prelude::SetsInterface::sadd(&cli, "dedup2d:active", "ghost")
-        .await
-        .unwrap();
+    let _: i64 = cli.sadd("dedup2d:active", "ghost").await.unwrap();
     assert!(matches!(
         store.admit(new_job("j", "t", 1.0), 1).await,
         Err(JobError::QueueFull { .. })

@@ -52,11 +52,8 @@ impl Cluster {
         Served::work(&self.data_dir, free_port(), &self.env(&url, extra)).await
     }
 
-    /// A client for the checks an operator makes with `redis-cli`.
     pub async fn redis_cli(&self) -> Client {
-        let client = Client::new(Config::from_url(&self.redis.url()).expect("url"), None, None, None);
-        client.init().await.expect("connect to the test redis");
-        client
+        self.redis.cli().await
     }
 
     /// Jobs holding capacity (`{p}:active`).

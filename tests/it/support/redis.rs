@@ -27,6 +27,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A client for the checks an operator makes with `redis-cli`.
+    pub async fn cli(&self) -> fred::prelude::Client {
+        use fred::prelude::*;
+        let client = Client::new(Config::from_url(&self.url()).expect("url"), None, None, None);
+        client.init().await.expect("connect to the test redis");
+        client
+    }
+
     /// Kills the server (SIGKILL: nothing flushed beyond the AOF) and starts
     /// it again on the same port and data.
     pub async fn restart(&mut self, down_for: Duration) {

@@ -70,8 +70,10 @@ pub async fn work(app: Arc<App>, metrics: TcpListener, once: bool, shutdown: Can
         max_jobs = app.config.worker_max_jobs,
         once,
     );
-    // `once` ends by itself; the side tasks stop with it.
-    let side = shutdown.child_token();
+    // The side tasks stop when the runners have: through a shutdown's grace
+    // period running jobs still search an index that follows the library,
+    // and /metrics still answers. `once` ends by itself.
+    let side = CancellationToken::new();
     let tasks = [
         tokio::spawn(api::serve_operations(metrics, app.clone(), side.clone())),
         tokio::spawn(crate::serve::upkeep(app.clone(), UPKEEP_EVERY, side.clone())),

@@ -55,10 +55,13 @@ pub struct Readiness {
 
 impl App {
     pub async fn open(config: Config) -> anyhow::Result<Arc<App>> {
-        let files = Arc::new(
-            Files::local(&config.file_storage_dir, &config.data_dir.join("library"))
-                .context("cannot open file storage")?,
-        );
+        let files = Arc::new(Files::open(&config).context("cannot open file storage")?);
+        // A bad key or a missing bucket should be found now, in the log,
+        // not by the first upload; the process still starts (and stays
+        // unready) so an operator can see it.
+        if let Err(error) = files.check().await {
+            tracing::error!(message = "file storage is not usable; uploads will get 503 until it is", backend = files.backend(), %error);
+        }
         let backing = match config.async_backend {
             Backend::InProcess => Backing::Embedded(Db::open(&config.data_dir, config.async_ttl)?),
             Backend::Redis => {

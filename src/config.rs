@@ -111,6 +111,33 @@ const SETTINGS: &[Setting] = &[
     // A job whose worker stopped heartbeating this long is run again.
     setting("lease_seconds", &["DEDUP2D_LEASE_SECONDS"], "20"),
     setting("file_storage", &["DEDUP2D_FILE_STORAGE"], "local"),
+    setting("s3_bucket", &["DEDUP2D_S3_BUCKET"], ""),
+    // Empty is AWS itself; set for MinIO, Garage or any S3-compatible store.
+    setting(
+        "s3_endpoint",
+        &["DEDUP2D_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        "",
+    ),
+    setting(
+        "s3_region",
+        &["DEDUP2D_S3_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"],
+        "us-east-1",
+    ),
+    setting("s3_prefix", &["DEDUP2D_S3_PREFIX"], "uploads"),
+    setting("s3_library_prefix", &["DEDUP2D_S3_LIBRARY_PREFIX"], "library"),
+    setting("s3_access_key", &["DEDUP2D_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"], ""),
+    Setting {
+        key: "s3_secret_key",
+        env: &["DEDUP2D_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"],
+        default: "",
+        secret: true,
+    },
+    Setting {
+        key: "s3_session_token",
+        env: &["DEDUP2D_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN"],
+        default: "",
+        secret: true,
+    },
     // Empty means `<data_dir>/dedup2d_uploads`, which with the default data dir
     // is the original's `data/dedup2d_uploads`.
     setting("file_storage_dir", &["DEDUP2D_FILE_STORAGE_DIR"], ""),
@@ -149,6 +176,43 @@ const SETTINGS: &[Setting] = &[
     setting("job_delay_ms", &["DEDUP2D_JOB_DELAY_MS"], "0"),
 ];
 
+/// Where uploads and library drawings are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// `file_storage_dir` for uploads, `<data_dir>/library` for drawings.
+    Local,
+    S3(S3Config),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `None` is AWS; otherwise e.g. `http://minio:9000` (path-style).
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Uploads' key prefix (CONTRACT §4).
+    pub prefix: String,
+    /// Library drawings' key prefix, apart from the uploads'.
+    pub library_prefix: String,
+    /// `None`: object_store asks the EC2 instance profile.
+    pub access_key: Option<String>,
+    pub secret_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("library_prefix", &self.library_prefix)
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// Jobs and libraries in the embedded database, run by `serve` itself.
@@ -185,6 +249,7 @@ pub struct Config {
     pub worker_max_jobs: usize,
     pub worker_metrics_listen: SocketAddr,
     pub lease: Duration,
+    pub file_storage: Storage,
     pub file_storage_dir: PathBuf,
     pub file_storage_cleanup_on_finish: bool,
     pub max_upload_bytes: u64,
@@ -272,8 +337,9 @@ impl Config {
             worker_max_jobs: v.in_range("worker_max_jobs", 1, 1024)?,
             worker_metrics_listen: v.parse("worker_metrics_listen")?,
             lease: v.seconds("lease_seconds", 2)?,
+            file_storage: v.storage()?,
             file_storage_dir,
-            file_storage_cleanup_on_finish: v.flag("file_storage_cleanup_on_finish")?,
+            file_storage_cleanup_on_finish: v.cleanup_on_finish()?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
             max_concurrent_uploads: v.in_range("max_concurrent_uploads", 1, 100_000)?,
             forced_async_file_size_bytes: v.parse("forced_async_file_size_bytes")?,
@@ -286,7 +352,6 @@ impl Config {
             data_dir,
             values: BTreeMap::new(),
         };
-        v.check_backends()?;
         Ok(Config { values, ..config })
     }
 
@@ -304,8 +369,10 @@ impl Config {
         let mut out = String::new();
         for s in SETTINGS {
             let (value, source) = &self.values[s.key];
-            let shown = if s.secret && !value.is_empty() {
+            let shown = if s.key == "api_keys" && !value.is_empty() {
                 format!("<{} redacted>", self.api_keys.len())
+            } else if s.secret && !value.is_empty() {
+                "<redacted>".to_string()
             } else if s.key == "redis_url" {
                 redacted_url(value)
             } else {
@@ -468,14 +535,56 @@ impl Values<'_> {
         Ok(url.to_string())
     }
 
-    /// S3 arrives with a later issue; saying so beats silently running on
-    /// the local disk an operator did not ask for.
-    fn check_backends(&self) -> Result<(), ConfigError> {
+    fn storage(&self) -> Result<Storage, ConfigError> {
         match self.raw("file_storage") {
-            "local" => Ok(()),
-            "s3" => Err(self.invalid("file_storage", "s3 storage is not built yet (issue #5); use local")),
+            "local" => Ok(Storage::Local),
+            "s3" => Ok(Storage::S3(self.s3()?)),
             _ => Err(self.invalid("file_storage", "expected local or s3")),
         }
+    }
+
+    fn s3(&self) -> Result<S3Config, ConfigError> {
+        let optional = |key| Some(self.raw(key).to_string()).filter(|v| !v.is_empty());
+        let prefix = |key| self.raw(key).trim_matches('/').to_string();
+        let (uploads, library) = (prefix("s3_prefix"), prefix("s3_library_prefix"));
+        // The garbage collector sweeps the uploads' prefix: the library must
+        // not be inside it, nor it inside the library.
+        let nested = |a: &str, b: &str| a.is_empty() || b.starts_with(&format!("{a}/")) || a == b;
+        if nested(&uploads, &library) || nested(&library, &uploads) {
+            return Err(self.invalid("s3_library_prefix", format!("must not overlap s3_prefix `{uploads}`")));
+        }
+        let endpoint = optional("s3_endpoint");
+        if let Some(url) = &endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(self.invalid("s3_endpoint", "expected an http:// or https:// URL"));
+        }
+        if optional("s3_access_key").is_some() != optional("s3_secret_key").is_some() {
+            return Err(self.invalid(
+                "s3_secret_key",
+                "set both the access key and the secret key, or neither",
+            ));
+        }
+        Ok(S3Config {
+            bucket: self.non_empty("s3_bucket")?,
+            endpoint,
+            region: self.non_empty("s3_region")?,
+            prefix: uploads,
+            library_prefix: library,
+            access_key: optional("s3_access_key"),
+            secret_key: optional("s3_secret_key"),
+            session_token: optional("s3_session_token"),
+        })
+    }
+
+    /// CONTRACT §4: on by default for local storage, off for S3 (where a
+    /// bucket lifecycle rule usually expires uploads).
+    fn cleanup_on_finish(&self) -> Result<bool, ConfigError> {
+        let (_, source) = &self.0["file_storage_cleanup_on_finish"];
+        if *source == Source::Default && self.raw("file_storage") == "s3" {
+            return Ok(false);
+        }
+        self.flag("file_storage_cleanup_on_finish")
     }
 }
 
@@ -587,11 +696,39 @@ mod tests {
     }
 
     #[test]
-    fn backends_not_built_yet_are_refused_by_name() {
+    fn s3_reads_its_own_variables_or_the_aws_ones_and_keeps_the_secret_out_of_sight() {
         let err = load(None, &[("DEDUP2D_FILE_STORAGE", "s3")], &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("issue #5"), "{err}");
+        assert!(err.contains("s3_bucket"), "{err}");
+        let env = [
+            ("DEDUP2D_FILE_STORAGE", "s3"),
+            ("DEDUP2D_S3_BUCKET", "drawings"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "hush"),
+        ];
+        let config = load(None, &env, &[]).unwrap();
+        let Storage::S3(s3) = &config.file_storage else {
+            panic!("{:?}", config.file_storage)
+        };
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!((s3.prefix.as_str(), s3.region.as_str()), ("uploads", "us-east-1"));
+        assert_eq!(s3.secret_key.as_deref(), Some("hush"));
+        assert!(!config.file_storage_cleanup_on_finish, "off by default on S3");
+        let shown = config.describe();
+        assert!(
+            !shown.contains("hush") && shown.contains("s3_secret_key = \"<redacted>\""),
+            "{shown}"
+        );
+        let overlap = load(
+            None,
+            &[env[0], env[1], ("DEDUP2D_S3_LIBRARY_PREFIX", "uploads/lib")],
+            &[],
+        );
+        assert!(overlap.unwrap_err().to_string().contains("s3_library_prefix"));
+        let half = load(None, &[env[0], env[1], env[3]], &[]);
+        assert!(half.unwrap_err().to_string().contains("s3_secret_key"));
     }
 
     #[test]

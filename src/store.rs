@@ -1,17 +1,20 @@
 //! File storage behind `object_store`: uploads that jobs read, and the drawings
-//! of each tenant's library. The only module that builds object paths
-//! (CONTRACT §4 key layout and safe names); it knows nothing of jobs or HTTP.
+//! of each tenant's library, on the local disk or in an S3 bucket. The only
+//! module that builds object paths (CONTRACT §4 key layout and safe names);
+//! it knows nothing of jobs or HTTP.
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, S3Config, Storage};
 use crate::telemetry as t;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,9 @@ impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         match e {
             object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
+            e @ (object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }) => {
+                StoreError::Unavailable(format!("the store refused our credentials: {e}"))
+            }
             other => StoreError::Unavailable(other.to_string()),
         }
     }
@@ -41,10 +47,18 @@ pub enum FileRef {
     S3 { bucket: String, key: String },
 }
 
-/// One object store rooted at a directory, with the paths it may hold.
+/// Where an area's objects are, which is also what its `FileRef`s say.
+enum Place {
+    /// A store rooted at the directory; refs carry absolute paths.
+    Local { root: PathBuf },
+    /// The bucket's store; refs carry the bucket and the whole key.
+    S3 { bucket: String, prefix: String },
+}
+
+/// One object store and the part of it that uploads or drawings may use.
 struct Area {
     store: Arc<dyn ObjectStore>,
-    root: PathBuf,
+    place: Place,
 }
 
 /// Uploads (read by jobs, removed when they finish) and library drawings
@@ -55,13 +69,71 @@ pub struct Files {
     library: Area,
 }
 
-const BACKEND: &str = "local";
+/// S3 calls that fail for want of an answer (5xx, timeouts, resets) are
+/// retried this way, with object_store's jittered backoff (seed 004);
+/// refusals (403, 404) are not.
+fn s3_retries() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(30),
+    }
+}
 
 impl Files {
+    pub fn open(config: &Config) -> Result<Files, StoreError> {
+        match &config.file_storage {
+            Storage::Local => Files::local(&config.file_storage_dir, &config.data_dir.join("library")),
+            Storage::S3(s3) => Files::s3(s3),
+        }
+    }
+
     pub fn local(uploads_root: &FsPath, library_root: &FsPath) -> Result<Files, StoreError> {
         Ok(Files {
             uploads: Area::local(uploads_root)?,
             library: Area::local(library_root)?,
+        })
+    }
+
+    /// Uploads under `prefix`, drawings under `library_prefix`, one bucket.
+    pub fn s3(s3: &S3Config) -> Result<Files, StoreError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&s3.bucket)
+            .with_region(&s3.region)
+            .with_retry(s3_retries())
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(std::time::Duration::from_secs(30))
+                    .with_connect_timeout(std::time::Duration::from_secs(5)),
+            );
+        if let Some(endpoint) = &s3.endpoint {
+            // S3-compatible servers are addressed by path, not by bucket host name.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
+            builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+        }
+        if let Some(token) = &s3.session_token {
+            builder = builder.with_token(token);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(StoreError::from)?);
+        let area = |prefix: &str| Area {
+            store: store.clone(),
+            place: Place::S3 {
+                bucket: s3.bucket.clone(),
+                prefix: prefix.to_string(),
+            },
+        };
+        Ok(Files {
+            uploads: area(&s3.prefix),
+            library: area(&s3.library_prefix),
         })
     }
 
@@ -79,7 +151,7 @@ impl Files {
         let (area, key) = self.locate(file)?;
         let started = Instant::now();
         let result = async { Ok(area.store.get(&key).await?.bytes().await?) }.await;
-        record(t::FILE_DOWNLOADS_TOTAL, "download", started, &result);
+        area.record(t::FILE_DOWNLOADS_TOTAL, "download", started, &result);
         result
     }
 
@@ -91,28 +163,34 @@ impl Files {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StoreError::from(e)),
         };
-        record(t::FILE_DELETES_TOTAL, "delete", started, &result);
+        area.record(t::FILE_DELETES_TOTAL, "delete", started, &result);
         result
     }
 
-    /// Readiness: both roots exist and accept a write.
+    /// Readiness: both areas accept a write (the directory or the bucket
+    /// exists, the credentials are good).
     pub async fn check(&self) -> Result<(), StoreError> {
         for area in [&self.uploads, &self.library] {
-            let probe = Path::from(format!(".ready-{}", uuid::Uuid::new_v4().simple()));
-            area.store.put(&probe, PutPayload::from_static(b"ok")).await?;
+            let probe = area.object(&format!(".ready-{}", uuid::Uuid::new_v4().simple()));
+            area.store
+                .put(&probe, PutPayload::from_static(b"ok"))
+                .await
+                .map_err(|e| area.describe(e))?;
             area.store.delete(&probe).await?;
         }
         Ok(())
     }
 
+    /// `local` or `s3`, for logs and metric labels.
+    pub fn backend(&self) -> &'static str {
+        self.uploads.backend()
+    }
+
     fn locate(&self, file: &FileRef) -> Result<(&Area, Path), StoreError> {
-        let FileRef::Local { path } = file else {
-            return Err(StoreError::InvalidRef(format!("{file:?} is not on local storage")));
-        };
         [&self.uploads, &self.library]
             .into_iter()
-            .find_map(|area| area.key_of(FsPath::new(path)).map(|key| (area, key)))
-            .ok_or_else(|| StoreError::InvalidRef(format!("{path} is outside the storage roots")))
+            .find_map(|area| area.key_of(file).map(|key| (area, key)))
+            .ok_or_else(|| StoreError::InvalidRef(format!("{file:?} is outside this server's storage")))
     }
 }
 
@@ -126,43 +204,98 @@ impl Area {
         let store = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
         Ok(Area {
             store: Arc::new(store),
-            root,
+            place: Place::Local { root },
         })
+    }
+
+    fn backend(&self) -> &'static str {
+        match self.place {
+            Place::Local { .. } => "local",
+            Place::S3 { .. } => "s3",
+        }
+    }
+
+    /// The store's path of `key` (relative to the area).
+    fn object(&self, key: &str) -> Path {
+        match &self.place {
+            Place::Local { .. } => Path::from(key),
+            Place::S3 { prefix, .. } => Path::from(format!("{prefix}/{key}")),
+        }
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<FileRef, StoreError> {
         let started = Instant::now();
         let size = bytes.len();
+        let object = self.object(key);
         let result = self
             .store
-            .put(&Path::from(key), PutPayload::from_bytes(bytes))
+            .put(&object, PutPayload::from_bytes(bytes))
             .await
-            .map(|_| FileRef::Local {
-                path: self.root.join(key).to_string_lossy().into_owned(),
+            .map(|_| match &self.place {
+                Place::Local { root } => FileRef::Local {
+                    path: root.join(key).to_string_lossy().into_owned(),
+                },
+                Place::S3 { bucket, .. } => FileRef::S3 {
+                    bucket: bucket.clone(),
+                    key: object.to_string(),
+                },
             })
-            .map_err(StoreError::from);
-        record(t::FILE_UPLOADS_TOTAL, "upload", started, &result);
+            .map_err(|e| self.describe(e));
+        self.record(t::FILE_UPLOADS_TOTAL, "upload", started, &result);
         if result.is_ok() {
-            metrics::histogram!(t::FILE_UPLOAD_BYTES, "backend" => BACKEND).record(size as f64);
+            metrics::histogram!(t::FILE_UPLOAD_BYTES, "backend" => self.backend()).record(size as f64);
         }
         result
     }
 
-    /// The object key of a path under this root; `None` for anything else,
-    /// so a reference can never reach outside the storage roots.
-    fn key_of(&self, path: &FsPath) -> Option<Path> {
-        let relative = path.strip_prefix(&self.root).ok()?;
-        let parts: Vec<&str> = relative.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
-        let safe = !parts.is_empty() && parts.iter().all(|p| !p.is_empty() && *p != ".." && *p != ".");
-        safe.then(|| Path::from_iter(parts))
+    /// A write's error, where "not found" can only mean the bucket or the
+    /// directory: storage is unusable, not the file missing.
+    fn describe(&self, e: object_store::Error) -> StoreError {
+        match (e, &self.place) {
+            (object_store::Error::NotFound { .. }, Place::S3 { bucket, .. }) => {
+                StoreError::Unavailable(format!("bucket `{bucket}` does not exist"))
+            }
+            (e, _) => StoreError::from(e),
+        }
     }
-}
 
-fn record<T>(counter: &'static str, operation: &'static str, started: Instant, result: &Result<T, StoreError>) {
-    let status = if result.is_ok() { "success" } else { "error" };
-    metrics::counter!(counter, "backend" => BACKEND, "status" => status).increment(1);
-    metrics::histogram!(t::FILE_OPERATION_DURATION_SECONDS, "backend" => BACKEND, "operation" => operation)
-        .record(started.elapsed().as_secs_f64());
+    /// The object key of a reference into this area; `None` for anything
+    /// else, so a reference can never reach outside the storage areas.
+    fn key_of(&self, file: &FileRef) -> Option<Path> {
+        let parts: Vec<&str> = match (&self.place, file) {
+            (Place::Local { root }, FileRef::Local { path }) => FsPath::new(path)
+                .strip_prefix(root)
+                .ok()?
+                .iter()
+                .map(|p| p.to_str())
+                .collect::<Option<_>>()?,
+            (Place::S3 { bucket, prefix }, FileRef::S3 { bucket: b, key }) if b == bucket => key
+                .strip_prefix(prefix.as_str())?
+                .strip_prefix('/')?
+                .split('/')
+                .collect(),
+            _ => return None,
+        };
+        let safe = !parts.is_empty() && parts.iter().all(|p| !p.is_empty() && *p != ".." && *p != ".");
+        safe.then(|| match (&self.place, file) {
+            (Place::S3 { .. }, FileRef::S3 { key, .. }) => Path::from(key.as_str()),
+            _ => Path::from_iter(parts),
+        })
+    }
+
+    fn record<T>(
+        &self,
+        counter: &'static str,
+        operation: &'static str,
+        started: Instant,
+        result: &Result<T, StoreError>,
+    ) {
+        let status = if result.is_ok() { "success" } else { "error" };
+        let backend = self.backend();
+        metrics::counter!(counter, "backend" => backend, "status" => status).increment(1);
+        metrics::histogram!(t::FILE_OPERATION_DURATION_SECONDS, "backend" => backend, "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// `<dir>/<uuid hex>_<safe name>`: the uuid keeps two uploads of one name apart.

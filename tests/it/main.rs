@@ -9,5 +9,6 @@ mod jobs;
 mod library_redis;
 mod process;
 mod queue;
+mod storage;
 mod support;
 mod tenants;

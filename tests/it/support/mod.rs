@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod process;
 pub mod redis;
+pub mod s3;
 pub mod server;
 
 pub use fixtures::*;

@@ -35,6 +35,22 @@ impl TestServer {
 
     /// A server on `data_dir`, which outlives it (for restart tests).
     pub async fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> TestServer {
+        let server = TestServer::launch(data_dir, env).await;
+        server.wait_for("/ready").await;
+        server
+    }
+
+    /// A keyless server that is expected never to be ready (a dependency
+    /// is broken): returns once it answers `/health`.
+    pub async fn start_unready(env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = TestServer::launch(&dir.path().join("data"), env).await;
+        server._dir = Some(dir);
+        server.wait_for("/health").await;
+        server
+    }
+
+    async fn launch(data_dir: &Path, env: &[(&str, &str)]) -> TestServer {
         let mut vars: HashMap<String, String> = HashMap::from([
             ("DEDUP2D_DATA_DIR".into(), data_dir.display().to_string()),
             ("DEDUP2D_LOG".into(), "warn".into()),
@@ -46,7 +62,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(dedup2d::serve::run_on(listener, config, shutdown.clone()));
-        let server = TestServer {
+        TestServer {
             base: format!("http://{addr}"),
             addr,
             client: reqwest::Client::new(),
@@ -55,9 +71,7 @@ impl TestServer {
             shutdown,
             task: Some(task),
             _dir: None,
-        };
-        server.wait_ready().await;
-        server
+        }
     }
 
     /// A view of a server running elsewhere (a `dedup2d serve` process), for
@@ -77,16 +91,16 @@ impl TestServer {
 
     /// `/ready` answers once the data dir is open, so a test never races
     /// the server's start-up.
-    async fn wait_ready(&self) {
+    async fn wait_for(&self, path: &str) {
         for _ in 0..200 {
-            if let Ok(r) = self.client.get(self.url("/ready")).send().await
+            if let Ok(r) = self.client.get(self.url(path)).send().await
                 && r.status() == 200
             {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        panic!("test server on {} never became ready", self.addr);
+        panic!("test server on {} never answered {path} with 200", self.addr);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -146,6 +146,16 @@ const SETTINGS: &[Setting] = &[
         &["DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH"],
         "1",
     ),
+    setting(
+        "job_payload_include_bytes_b64",
+        &["DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64"],
+        "0",
+    ),
+    setting(
+        "job_payload_bytes_b64_max_bytes",
+        &["DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES"],
+        "10485760",
+    ),
     setting("max_upload_bytes", &["DEDUP2D_MAX_UPLOAD_BYTES"], "52428800"),
     setting("max_concurrent_uploads", &["DEDUP2D_MAX_CONCURRENT_UPLOADS"], "64"),
     setting(
@@ -252,6 +262,9 @@ pub struct Config {
     pub file_storage: Storage,
     pub file_storage_dir: PathBuf,
     pub file_storage_cleanup_on_finish: bool,
+    /// Seed 003's rolling upgrade: also put the upload in the payload.
+    pub job_payload_include_bytes_b64: bool,
+    pub job_payload_bytes_b64_max_bytes: u64,
     pub max_upload_bytes: u64,
     pub max_concurrent_uploads: usize,
     pub forced_async_file_size_bytes: u64,
@@ -340,6 +353,8 @@ impl Config {
             file_storage: v.storage()?,
             file_storage_dir,
             file_storage_cleanup_on_finish: v.cleanup_on_finish()?,
+            job_payload_include_bytes_b64: v.flag("job_payload_include_bytes_b64")?,
+            job_payload_bytes_b64_max_bytes: v.in_range("job_payload_bytes_b64_max_bytes", 0, 512 << 20)?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
             max_concurrent_uploads: v.in_range("max_concurrent_uploads", 1, 100_000)?,
             forced_async_file_size_bytes: v.parse("forced_async_file_size_bytes")?,

@@ -284,7 +284,7 @@ impl JobStore for Db {
                 )?;
                 tx.commit()?;
                 inner.live_jobs = inner.live_jobs.saturating_sub(1);
-                let file_ref = serde_json::from_str::<Payload>(&payload).ok().map(|p| p.file_ref);
+                let file_ref = serde_json::from_str::<Payload>(&payload).ok().and_then(|p| p.file_ref);
                 Ok(CancelOutcome::Canceled { was: status, file_ref })
             })
             .await?)
@@ -321,7 +321,7 @@ impl JobStore for Db {
                     )?;
                     tx.commit()?;
                     inner.live_jobs = inner.live_jobs.saturating_sub(1);
-                    let file_ref = payload.ok().map(|p| p.file_ref);
+                    let file_ref = payload.ok().and_then(|p| p.file_ref);
                     return Ok(Claim::Failed { job_id, file_ref, error });
                 }
                 tx.execute(
@@ -695,9 +695,10 @@ mod tests {
                 tenant_id: "t".into(),
                 file_name: "a.png".into(),
                 content_type: "image/png".into(),
-                file_ref: FileRef::Local {
+                file_ref: Some(FileRef::Local {
                     path: format!("/nowhere/{id}"),
-                },
+                }),
+                file_bytes_b64: None,
                 request_params: SearchParams::default(),
                 callback_url: None,
                 geom_json: None,

@@ -565,8 +565,11 @@ impl Preset {
     }
 }
 
-/// A search request's parameters, already validated by the caller.
+/// A search request's parameters, already validated by the caller. A
+/// stored job's parameters that leave some out (the original's payloads
+/// carry only those given) take the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SearchParams {
     pub mode: Mode,
     pub max_results: usize,

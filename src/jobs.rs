@@ -46,19 +46,59 @@ impl Status {
     }
 }
 
-/// What a worker needs to run a job (CONTRACT §2 payload).
+/// What a worker needs to run a job (CONTRACT §2 payload). The file is
+/// `file_ref` (stored), `file_bytes_b64` (inline, as the original's
+/// legacy payloads carried it, seed 003), or both during an upgrade.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
     pub tenant_id: String,
     pub file_name: String,
     pub content_type: String,
-    pub file_ref: FileRef,
-    pub request_params: SearchParams,
-    pub callback_url: Option<String>,
-    /// The query's geometry for L4 (see `engine::fine`); absent in
-    /// payloads written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_ref: Option<FileRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_bytes_b64: Option<String>,
+    #[serde(default)]
+    pub request_params: SearchParams,
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// The query's geometry for L4 (see `engine::fine`); the original
+    /// called it `query_geom`.
+    #[serde(default, alias = "query_geom", skip_serializing_if = "Option::is_none")]
     pub geom_json: Option<serde_json::Value>,
+}
+
+/// What carried a payload's file, as `dedup2d_payload_format_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    FileRef,
+    FileBytesB64,
+    Both,
+    None,
+}
+
+impl PayloadFormat {
+    pub const ALL: [PayloadFormat; 4] = [Self::FileRef, Self::FileBytesB64, Self::Both, Self::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FileRef => "file_ref",
+            Self::FileBytesB64 => "file_bytes_b64",
+            Self::Both => "both",
+            Self::None => "none",
+        }
+    }
+}
+
+impl Payload {
+    pub fn format(&self) -> PayloadFormat {
+        match (self.file_ref.is_some(), self.file_bytes_b64.is_some()) {
+            (true, false) => PayloadFormat::FileRef,
+            (false, true) => PayloadFormat::FileBytesB64,
+            (true, true) => PayloadFormat::Both,
+            (false, false) => PayloadFormat::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -193,4 +233,37 @@ pub trait JobStore: Send + Sync {
     /// Deletes finished jobs whose time to live has passed, and returns
     /// running jobs whose lease ran out to the queue (upkeep calls it).
     async fn expire(&self, now: f64) -> Result<u64, JobError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_inline_payloads_of_the_original_still_read() {
+        // Seed 003's legacy shape: no file_ref, the bytes inline, `query_geom`.
+        let legacy = r#"{"tenant_id": "abc123", "file_name": "drawing.dxf",
+            "content_type": "application/dxf", "file_bytes_b64": "MAo=",
+            "query_geom": {"entities": []}, "request_params": {}}"#;
+        let payload: Payload = serde_json::from_str(legacy).unwrap();
+        assert_eq!(payload.format(), PayloadFormat::FileBytesB64);
+        assert_eq!(payload.geom_json, Some(serde_json::json!({"entities": []})));
+        assert_eq!(payload.request_params, SearchParams::default());
+
+        let stored = Payload {
+            file_ref: Some(FileRef::Local {
+                path: "/u/j/x.dxf".into(),
+            }),
+            file_bytes_b64: None,
+            geom_json: None,
+            ..payload
+        };
+        let written = serde_json::to_value(&stored).unwrap();
+        assert_eq!(
+            written["file_ref"],
+            serde_json::json!({"backend": "local", "path": "/u/j/x.dxf"})
+        );
+        assert!(written.get("file_bytes_b64").is_none(), "{written}");
+        assert_eq!(stored.format(), PayloadFormat::FileRef);
+    }
 }

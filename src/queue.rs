@@ -575,7 +575,7 @@ impl JobStore for RedisJobs {
             "finished" => CancelOutcome::AlreadyFinished(status),
             _ => CancelOutcome::Canceled {
                 was: status,
-                file_ref: serde_json::from_str::<Payload>(&payload).ok().map(|p| p.file_ref),
+                file_ref: serde_json::from_str::<Payload>(&payload).ok().and_then(|p| p.file_ref),
             },
         })
     }

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use base64::Engine as _;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, now};
-use crate::jobs::{Claim, Claimed, Delivery, HEARTBEAT_EVERY, JobError, Lease, Outcome, Status};
+use crate::jobs::{Claim, Claimed, Delivery, HEARTBEAT_EVERY, JobError, Lease, Outcome, Payload, Status};
 use crate::library::LibraryError;
 use crate::search;
 use crate::store::{FileRef, StoreError};
@@ -116,6 +118,7 @@ enum Ending {
 
 async fn run_claimed(app: &App, job: Claimed, shutdown: &CancellationToken) -> Run {
     let started = Instant::now();
+    metrics::counter!(t::PAYLOAD_FORMAT_TOTAL, "format" => job.payload.format().as_str()).increment(1);
     let cancel = app.track_running(&job.job_id);
     let grace_over = async {
         shutdown.cancelled().await;
@@ -249,11 +252,7 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
         tokio::time::sleep(app.config.job_delay).await;
     }
     let payload = &job.payload;
-    let bytes = app
-        .files
-        .get(&payload.file_ref)
-        .await
-        .context("cannot read the uploaded file")?;
+    let bytes = read_upload(app, payload).await?;
     let (query, fingerprint_ms) = search::query(app, bytes.clone()).await?;
     let result = search::run(
         app,
@@ -268,6 +267,33 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
     )
     .await?;
     Ok(serde_json::to_value(result)?)
+}
+
+/// The query's bytes: `file_ref` first, then the inline `file_bytes_b64`
+/// of payloads written for (or by) workers that predate file storage
+/// (seed 003's order).
+async fn read_upload(app: &App, payload: &Payload) -> anyhow::Result<Bytes> {
+    if let Some(file_ref) = &payload.file_ref {
+        match app.files.get(file_ref).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(StoreError::NotFound(path)) if payload.file_bytes_b64.is_some() => {
+                tracing::warn!(message = "uploaded file is gone; reading the payload's inline copy", %path);
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read the uploaded file")),
+        }
+    }
+    let Some(inline) = &payload.file_bytes_b64 else {
+        anyhow::bail!("the job payload carries neither file_ref nor file_bytes_b64");
+    };
+    let limit = app.config.max_upload_bytes;
+    if inline.len() as u64 / 4 * 3 > limit {
+        anyhow::bail!("the payload's file_bytes_b64 holds more than the {limit}-byte upload limit");
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(inline)
+        .context("the payload's file_bytes_b64 is not base64")?;
+    metrics::counter!(t::LEGACY_B64_FALLBACK_TOTAL).increment(1);
+    Ok(Bytes::from(bytes))
 }
 
 /// Retries, because an outcome not recorded leaves the job `in_progress`
@@ -291,7 +317,9 @@ async fn record(app: &App, job: &Claimed, outcome: Outcome, started: Instant) {
                 if status == Status::Completed {
                     metrics::counter!(t::JOBS_COMPLETED_TOTAL).increment(1);
                 }
-                remove_upload(app, &job.job_id, &job.payload.file_ref).await;
+                if let Some(file_ref) = &job.payload.file_ref {
+                    remove_upload(app, &job.job_id, file_ref).await;
+                }
                 return;
             }
             Ok(false) => {

@@ -30,6 +30,8 @@ pub const FILE_DOWNLOADS_TOTAL: &str = "dedup2d_file_downloads_total";
 pub const FILE_DELETES_TOTAL: &str = "dedup2d_file_deletes_total";
 pub const FILE_UPLOAD_BYTES: &str = "dedup2d_file_upload_bytes";
 pub const FILE_OPERATION_DURATION_SECONDS: &str = "dedup2d_file_operation_duration_seconds";
+pub const PAYLOAD_FORMAT_TOTAL: &str = "dedup2d_payload_format_total";
+pub const LEGACY_B64_FALLBACK_TOTAL: &str = "dedup2d_legacy_b64_fallback_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "dedup2d_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "dedup2d_http_request_duration_seconds";
 
@@ -90,6 +92,14 @@ fn describe() {
         "Job steps retried after a transient error (Redis, storage)"
     );
     describe_gauge!(REDIS_RTT_SECONDS, Unit::Seconds, "Round-trip time of a Redis PING");
+    describe_counter!(
+        PAYLOAD_FORMAT_TOTAL,
+        "Job payloads a worker read, by what carried the file (file_ref, file_bytes_b64, both, none)"
+    );
+    describe_counter!(
+        LEGACY_B64_FALLBACK_TOTAL,
+        "Jobs whose file was read from the payload's inline file_bytes_b64"
+    );
     describe_counter!(QUEUE_FULL_TOTAL, "Async submits refused with JOB_QUEUE_FULL");
     describe_counter!(CANCEL_TOTAL, "Cancel requests, by result");
     describe_counter!(
@@ -119,8 +129,12 @@ fn start_at_zero() {
         LEASE_RECLAIMS_TOTAL,
         JOBS_DEAD_LETTERED_TOTAL,
         JOB_RETRIES_TOTAL,
+        LEGACY_B64_FALLBACK_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for format in crate::jobs::PayloadFormat::ALL {
+        metrics::counter!(PAYLOAD_FORMAT_TOTAL, "format" => format.as_str()).absolute(0);
     }
     for result in ["canceled", "already_finished"] {
         metrics::counter!(CANCEL_TOTAL, "result" => result).absolute(0);

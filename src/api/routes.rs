@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -148,6 +149,10 @@ impl Api {
     async fn enqueue(&self, tenant: &str, upload: Upload, params: SearchParams) -> Result<String, ApiError> {
         let job_id = uuid::Uuid::new_v4().to_string();
         let files = &self.app.files;
+        // Seed 003: while old workers still run, the bytes also travel inline.
+        let inline = self.app.config.job_payload_include_bytes_b64
+            && upload.bytes.len() as u64 <= self.app.config.job_payload_bytes_b64_max_bytes;
+        let file_bytes_b64 = inline.then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes));
         let file_ref = files.put_upload(&job_id, &upload.file_name, upload.bytes).await?;
         let job = NewJob {
             job_id: job_id.clone(),
@@ -156,7 +161,8 @@ impl Api {
                 tenant_id: tenant.to_string(),
                 file_name: upload.file_name,
                 content_type: upload.content_type,
-                file_ref: file_ref.clone(),
+                file_ref: Some(file_ref.clone()),
+                file_bytes_b64,
                 request_params: params,
                 callback_url: None,
                 geom_json: upload.geom_json,

@@ -65,9 +65,10 @@ fn job(i: usize) -> NewJob {
             tenant_id: "bench".into(),
             file_name: "a.png".into(),
             content_type: "image/png".into(),
-            file_ref: FileRef::Local {
+            file_ref: Some(FileRef::Local {
                 path: format!("uploads/bench/{i:032x}/a.png"),
-            },
+            }),
+            file_bytes_b64: None,
             request_params: SearchParams::default(),
             callback_url: None,
             geom_json: None,

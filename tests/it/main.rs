@@ -7,6 +7,7 @@ mod errors;
 mod import;
 mod jobs;
 mod library_redis;
+mod payloads;
 mod process;
 mod queue;
 mod storage;

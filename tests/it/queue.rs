@@ -40,9 +40,10 @@ fn new_job(id: &str, tenant: &str, created_at: f64) -> NewJob {
             tenant_id: tenant.to_string(),
             file_name: format!("{id}.png"),
             content_type: "image/png".into(),
-            file_ref: FileRef::Local {
+            file_ref: Some(FileRef::Local {
                 path: format!("uploads/{id}"),
-            },
+            }),
+            file_bytes_b64: None,
             request_params: SearchParams::default(),
             callback_url: None,
             geom_json: None,

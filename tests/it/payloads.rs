@@ -1,0 +1,135 @@
+//! Seed 003's rolling upgrade on a real redis-server and `dedup2d work`:
+//! payloads that carry the file by reference, inline as base64, or both,
+//! all run; the API writes both only when asked to.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use dedup2d::engine::SearchParams;
+use dedup2d::jobs::{JobStore, NewJob, Payload};
+use dedup2d::queue::{Keys, Redis, Timing};
+use dedup2d::store::{FileRef, Files};
+use fred::prelude::KeysInterface;
+
+use crate::support::cluster::Cluster;
+use crate::support::png;
+
+fn payload(file_ref: Option<FileRef>, inline: Option<&[u8]>) -> Payload {
+    Payload {
+        tenant_id: dedup2d::api::LOCAL_TENANT.into(),
+        file_name: "q.png".into(),
+        content_type: "image/png".into(),
+        file_ref,
+        file_bytes_b64: inline.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        request_params: SearchParams::default(),
+        callback_url: None,
+        geom_json: None,
+    }
+}
+
+#[tokio::test]
+async fn a_mixed_fleet_of_payload_formats_all_complete() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    // Jobs written by other producers, straight into the queue.
+    let files = Files::local(
+        &cluster.data_dir.join("dedup2d_uploads"),
+        &cluster.data_dir.join("library"),
+    )
+    .unwrap();
+    let stored = |job: &'static str| {
+        let files = &files;
+        async move { files.put_upload(job, "q.png", Bytes::from(png(1))).await.unwrap() }
+    };
+    let gone = stored("gone").await;
+    files.delete(&gone).await.unwrap();
+    let jobs = [
+        ("by-ref", payload(Some(stored("by-ref").await), None)),
+        ("inline", payload(None, Some(&png(1)))),
+        ("both", payload(Some(stored("both").await), Some(&png(1)))),
+        ("ref-gone-inline-kept", payload(Some(gone), Some(&png(1)))),
+        ("neither", payload(None, None)),
+        (
+            "not-base64",
+            Payload {
+                file_bytes_b64: Some("%%%".into()),
+                ..payload(None, None)
+            },
+        ),
+    ];
+    let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
+    let queue = redis.jobs(
+        Keys::new("dedup2d", "dedup2d:queue"),
+        Timing {
+            lease_seconds: 20.0,
+            ttl_seconds: 3600,
+        },
+    );
+    for (id, payload) in &jobs {
+        let job = NewJob {
+            job_id: id.to_string(),
+            created_at: 1.0,
+            payload: payload.clone(),
+        };
+        queue.admit(job, 100).await.unwrap();
+    }
+
+    let worker = cluster.worker(&[]).await;
+    for (id, _) in &jobs {
+        let done = api.wait_terminal(id).await;
+        let expected = if id.starts_with("n") { "failed" } else { "completed" };
+        assert_eq!(done["status"], expected, "{id}: {done}");
+    }
+    let (_, neither) = api.get("/jobs/neither").await;
+    assert!(
+        neither["error"]
+            .as_str()
+            .unwrap()
+            .contains("neither file_ref nor file_bytes_b64"),
+        "{neither}"
+    );
+    let (_, garbled) = api.get("/jobs/not-base64").await;
+    assert!(garbled["error"].as_str().unwrap().contains("not base64"), "{garbled}");
+    for (format, count) in [("file_ref", 1.0), ("file_bytes_b64", 2.0), ("both", 2.0), ("none", 1.0)] {
+        let series = format!("dedup2d_payload_format_total{{format=\"{format}\"}}");
+        assert_eq!(worker.metric(&series).await, count, "{series}");
+    }
+    assert_eq!(worker.metric("dedup2d_legacy_b64_fallback_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn the_api_inlines_uploads_only_when_asked_and_only_up_to_the_limit() {
+    let cluster = Cluster::start().await;
+    let small = png(1).len().to_string();
+    let (_a, inlining) = cluster
+        .api_process(&[
+            ("DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64", "1"),
+            ("DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES", &small),
+        ])
+        .await;
+    let plain = cluster.api(&[]).await;
+    let cli = cluster.redis_cli().await;
+    let stored = |job: String| {
+        let cli = &cli;
+        async move {
+            let text: String = cli.get(format!("dedup2d:payload:{job}")).await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        }
+    };
+    let both = stored(inlining.submit(png(1)).await).await;
+    assert!(both["file_ref"].is_object(), "{both}");
+    let inline = base64::engine::general_purpose::STANDARD
+        .decode(both["file_bytes_b64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(inline, png(1));
+    let big = png(1)
+        .into_iter()
+        .chain(std::iter::repeat_n(0, 10))
+        .collect::<Vec<u8>>();
+    let too_big = stored(inlining.submit(big).await).await;
+    assert!(
+        too_big["file_ref"].is_object() && too_big.get("file_bytes_b64").is_none(),
+        "{too_big}"
+    );
+    let by_ref = stored(plain.submit(png(1)).await).await;
+    assert!(by_ref.get("file_bytes_b64").is_none(), "{by_ref}");
+}

@@ -34,8 +34,8 @@ pub enum Command {
     Work(WorkArgs),
     /// Remove uploads that no live job needs.
     Gc(PendingArgs),
-    /// Rewrite queued job payloads during a rolling upgrade.
-    MigratePayloads(PendingArgs),
+    /// Give queued inline-only job payloads a file_ref (seed 003's upgrade); dry run unless --execute.
+    MigratePayloads(MigrateArgs),
     /// Print the effective configuration, each value with its source.
     Config(ServeArgs),
     /// Measure the precision and recall of the engine's verdicts, per transform and threshold.
@@ -233,6 +233,22 @@ impl WorkArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Write the changes (without it, only report what would change).
+    #[arg(long)]
+    pub execute: bool,
+    /// Report only (the default; accepted for scripts that say so).
+    #[arg(long, conflicts_with = "execute")]
+    pub dry_run: bool,
+    /// Also remove the inline file_bytes_b64 of payloads that have a file_ref.
+    #[arg(long)]
+    pub drop_b64: bool,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Subcommands whose issue has not landed take any arguments and say so.
 #[derive(Debug, Args)]
 pub struct PendingArgs {
@@ -274,7 +290,10 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
             });
         }
         Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
-        Command::MigratePayloads(_) => bail!("`dedup2d migrate-payloads` is not built yet: it arrives with issue #5"),
+        Command::MigratePayloads(args) => {
+            let config = load_config(cli.config, env, Vec::new())?;
+            return migrate_payloads(config, &args);
+        }
         Command::Calibrate(args) => return crate::calibrate::run(&args.options(), args.json),
         Command::Import(args) => return import(&args.options(&env), args.json),
     };
@@ -300,6 +319,31 @@ where
         tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
         command(shutdown).await
     })
+}
+
+fn migrate_payloads(config: Config, args: &MigrateArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    crate::telemetry::init_logging(&config);
+    let options = crate::migrate::Options {
+        execute: args.execute,
+        drop_b64: args.drop_b64,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let summary = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
+        crate::migrate::run(config, options, shutdown).await
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print!("{}", summary.render());
+    }
+    if !summary.failed.is_empty() {
+        bail!("{} payloads could not be migrated", summary.failed.len());
+    }
+    Ok(())
 }
 
 fn import(options: &crate::import::Options, json: bool) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@ pub mod engine;
 pub mod import;
 pub mod jobs;
 pub mod library;
+pub mod migrate;
 pub mod queue;
 pub mod runner;
 pub mod search;

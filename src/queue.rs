@@ -170,6 +170,7 @@ struct Scripts {
     cancel: Script,
     list: Script,
     requeue_dead: Script,
+    replace_payload: Script,
 }
 
 /// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
@@ -373,6 +374,17 @@ redis.call('DEL', KEYS[1])
 return requeued
 "#;
 
+/// KEYS: job, payload. ARGV: the payload as read, the new one. Returns 1
+/// when replaced: only a pending job's payload, and only if nobody changed
+/// it since it was read, so a worker that claimed the job meanwhile runs
+/// the payload it read, once.
+const REPLACE_PAYLOAD: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+return 1
+"#;
+
 /// KEYS: tenant jobs. ARGV: prefix, status filter ('' for any), limit.
 /// Newest first; forgets ids whose job expired. Returns {total, ids...}.
 const LIST: &str = r#"
@@ -407,6 +419,7 @@ impl RedisJobs {
                 cancel: Script::from_lua(CANCEL),
                 list: Script::from_lua(LIST),
                 requeue_dead: Script::from_lua(REQUEUE_DEAD),
+                replace_payload: Script::from_lua(REPLACE_PAYLOAD),
             },
         }
     }
@@ -414,6 +427,31 @@ impl RedisJobs {
     /// Jobs that ended `failed` after too many deliveries, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<String>, JobError> {
         self.client.lrange(self.keys.dead(), 0, -1).await.map_err(unavailable)
+    }
+
+    /// The ids waiting in the queue, oldest first.
+    pub async fn queued(&self) -> Result<Vec<String>, JobError> {
+        self.client.lrange(&self.keys.queue, 0, -1).await.map_err(unavailable)
+    }
+
+    /// A job's payload as stored (JSON), if it still is.
+    pub async fn raw_payload(&self, job_id: &str) -> Result<Option<String>, JobError> {
+        self.client.get(self.keys.payload(job_id)).await.map_err(unavailable)
+    }
+
+    /// Replaces a pending job's payload if it is still `read` (see
+    /// [`REPLACE_PAYLOAD`]); false when the job moved on or the payload
+    /// changed.
+    pub async fn replace_payload(&self, job_id: &str, read: &str, new: &str) -> Result<bool, JobError> {
+        let keys = vec![self.keys.job(job_id), self.keys.payload(job_id)];
+        let replaced: i64 = self
+            .run(
+                &self.scripts.replace_payload,
+                keys,
+                vec![read.to_string(), new.to_string()],
+            )
+            .await?;
+        Ok(replaced == 1)
     }
 
     /// Records an attempt's outcome unless another attempt owns the job.

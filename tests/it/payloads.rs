@@ -1,17 +1,26 @@
 //! Seed 003's rolling upgrade on a real redis-server and `dedup2d work`:
 //! payloads that carry the file by reference, inline as base64, or both,
-//! all run; the API writes both only when asked to.
+//! all run; the API writes both only when asked to; `migrate-payloads`
+//! moves inline files to storage, also while workers run.
+
+const COMPLETED: &str = "dedup2d_jobs_total{status=\"completed\"}";
+
+use std::collections::HashMap;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use dedup2d::config::{Config, Sources};
 use dedup2d::engine::SearchParams;
-use dedup2d::jobs::{JobStore, NewJob, Payload};
+use dedup2d::jobs::{JobStore, NewJob, Payload, PayloadFormat};
+use dedup2d::migrate::{self, Summary};
 use dedup2d::queue::{Keys, Redis, Timing};
 use dedup2d::store::{FileRef, Files};
 use fred::prelude::KeysInterface;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::Cluster;
 use crate::support::png;
+use crate::support::process::run;
 
 fn payload(file_ref: Option<FileRef>, inline: Option<&[u8]>) -> Payload {
     Payload {
@@ -132,4 +141,113 @@ async fn the_api_inlines_uploads_only_when_asked_and_only_up_to_the_limit() {
     );
     let by_ref = stored(plain.submit(png(1)).await).await;
     assert!(by_ref.get("file_bytes_b64").is_none(), "{by_ref}");
+}
+
+async fn admit_inline(cluster: &Cluster, ids: impl Iterator<Item = String>) {
+    let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
+    let queue = redis.jobs(
+        Keys::new("dedup2d", "dedup2d:queue"),
+        Timing {
+            lease_seconds: 20.0,
+            ttl_seconds: 3600,
+        },
+    );
+    for id in ids {
+        let job = NewJob {
+            job_id: id,
+            created_at: 1.0,
+            payload: payload(None, Some(&png(1))),
+        };
+        queue.admit(job, 1000).await.unwrap();
+    }
+}
+
+fn migration(cluster: &Cluster, execute: bool, drop_b64: bool) -> impl std::future::Future<Output = Summary> {
+    let vars = HashMap::from([
+        ("DEDUP2D_ASYNC_BACKEND".to_string(), "redis".to_string()),
+        ("DEDUP2D_REDIS_URL".to_string(), cluster.redis.url()),
+        ("DEDUP2D_DATA_DIR".to_string(), cluster.data_dir.display().to_string()),
+        ("DEDUP2D_LOG".to_string(), "warn".to_string()),
+    ]);
+    let config = Config::load(&Sources::from_env(vars)).unwrap();
+    let options = migrate::Options {
+        execute,
+        drop_b64,
+        progress: false,
+    };
+    async move { migrate::run(config, options, CancellationToken::new()).await.unwrap() }
+}
+
+#[tokio::test]
+async fn migrate_payloads_stores_inline_files_only_when_told_and_twice_changes_nothing() {
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    admit_inline(&cluster, (0..3).map(|i| format!("inline-{i}"))).await;
+    let cli = cluster.redis_cli().await;
+    let stored = |id: &'static str| {
+        let cli = &cli;
+        async move {
+            let text: String = cli.get(format!("dedup2d:payload:{id}")).await.unwrap();
+            serde_json::from_str::<Payload>(&text).unwrap().format()
+        }
+    };
+
+    // The command an operator runs: a dry run by default, a JSON summary.
+    let url = cluster.redis.url();
+    let env = [("DEDUP2D_ASYNC_BACKEND", "redis"), ("DEDUP2D_REDIS_URL", url.as_str())];
+    let out = run(&["migrate-payloads", "--json"], &env, &cluster.data_dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (printed["dry_run"].as_bool(), printed["migrated"].as_u64()),
+        (Some(true), Some(3)),
+        "{printed}"
+    );
+
+    let dry = migration(&cluster, false, false).await;
+    assert_eq!((dry.dry_run, dry.scanned, dry.migrated), (true, 3, 3), "{dry:?}");
+    assert_eq!(
+        stored("inline-0").await,
+        PayloadFormat::FileBytesB64,
+        "a dry run writes nothing"
+    );
+    let done = migration(&cluster, true, false).await;
+    assert_eq!((done.migrated, done.dropped_b64), (3, 0), "{done:?}");
+    assert_eq!(stored("inline-0").await, PayloadFormat::Both);
+    let dropped = migration(&cluster, true, true).await;
+    assert_eq!((dropped.migrated, dropped.dropped_b64), (0, 3), "{dropped:?}");
+    assert_eq!(stored("inline-0").await, PayloadFormat::FileRef);
+    let again = migration(&cluster, true, true).await;
+    assert_eq!(
+        (again.unchanged, again.migrated, again.dropped_b64),
+        (3, 0, 0),
+        "{again:?}"
+    );
+
+    let worker = cluster.worker(&[]).await;
+    for i in 0..3 {
+        let done = api.wait_terminal(&format!("inline-{i}")).await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    assert_eq!(worker.metric("dedup2d_legacy_b64_fallback_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn migrating_while_workers_run_loses_no_job_and_runs_none_twice() {
+    const JOBS: usize = 60;
+    let cluster = Cluster::start().await;
+    let api = cluster.api(&[]).await;
+    let ids: Vec<String> = (0..JOBS).map(|i| format!("live-{i}")).collect();
+    admit_inline(&cluster, ids.iter().cloned()).await;
+    let worker = cluster
+        .worker(&[("DEDUP2D_JOB_DELAY_MS", "20"), ("DEDUP2D_WORKER_MAX_JOBS", "2")])
+        .await;
+    let summary = migration(&cluster, true, true).await;
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    for id in &ids {
+        let done = api.wait_terminal(id).await;
+        assert_eq!(done["status"], "completed", "{id}: {done}");
+    }
+    assert_eq!(worker.metric(COMPLETED).await, JOBS as f64, "each job ran once");
+    assert_eq!(cluster.active().await, 0);
 }

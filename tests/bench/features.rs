@@ -15,12 +15,17 @@
 //! `fingerprint` and `query` make of it (features, thumbnail, and each
 //! probe's frame, orientation, hashes, thumbnail and dropped share): dumps
 //! of two builds are equal when every feature and probe is bit-identical.
+//!
+//! Last, L3 as `Search::verify` runs it: the first 24 of the 96-px PNGs as
+//! queries (every probe) against the thumbnails of the first 12 full-size
+//! ones, each probe and candidate prepared once.
 
 use std::io::Cursor;
 use std::path::Path;
 use std::time::Instant;
 
-use dedup2d::engine::{self, Limits};
+use dedup2d::engine::verify::{Prepared, Thumbnail, verify_aligned_prepared, verify_detail, verify_prepared};
+use dedup2d::engine::{self, Limits, Probe};
 use image::ImageFormat;
 use image::imageops::FilterType;
 
@@ -138,4 +143,57 @@ fn main() {
     report("DXF fingerprint, files >= 100 KB", &big_dxfs, |b| {
         let _ = engine::fingerprint(b, limits);
     });
+    report_l3(&pngs, &small_pngs, limits);
+}
+
+/// Every probe's plain verification of each candidate, then the best
+/// probe's aligned coarse and detail ones; returns a sum so nothing is
+/// optimised away.
+fn verify_like_a_search(probes: &[Probe], library: &[Thumbnail]) -> f64 {
+    let prepared: Vec<Prepared> = probes.iter().map(|p| Prepared::new(&p.thumbnail)).collect();
+    let mut sum = 0.0;
+    for candidate in library {
+        let c = Prepared::new(candidate);
+        let dropped = |p: &Probe| f64::from(p.dropped);
+        let best = probes
+            .iter()
+            .zip(&prepared)
+            .map(|(p, q)| (p, verify_prepared(q, &c, dropped(p)).similarity))
+            .reduce(|best, next| if next.1 > best.1 { next } else { best });
+        if let Some((probe, _)) = best {
+            sum += verify_aligned_prepared(&probe.thumbnail, &c, dropped(probe)).similarity;
+            sum += verify_detail(&probe.thumbnail, candidate, dropped(probe)).map_or(0.0, |v| v.similarity);
+        }
+    }
+    sum
+}
+
+fn report_l3(pngs: &[(String, Vec<u8>)], small_pngs: &[(String, Vec<u8>)], limits: Limits) {
+    let library: Vec<Thumbnail> = pngs
+        .iter()
+        .take(12)
+        .filter_map(|(_, b)| engine::fingerprint(b, limits).ok()?.thumbnail)
+        .collect();
+    let queries: Vec<(String, Vec<u8>)> = small_pngs.iter().take(24).cloned().collect();
+    if library.is_empty() || queries.is_empty() {
+        println!("L3: no files (../shared/data missing)");
+        return;
+    }
+    let probes: Vec<Vec<Probe>> = queries
+        .iter()
+        .filter_map(|(_, b)| engine::query(b, limits).ok().map(|q| q.probes))
+        .collect();
+    let started = Instant::now();
+    const ROUNDS: usize = 20;
+    for _ in 0..ROUNDS {
+        for query in &probes {
+            std::hint::black_box(verify_like_a_search(query, &library));
+        }
+    }
+    let per_query = started.elapsed().as_secs_f64() * 1e3 / (ROUNDS * probes.len()) as f64;
+    println!(
+        "L3 as a search runs it: {} 96-px queries x {} candidates, {per_query:.2} ms a query",
+        probes.len(),
+        library.len()
+    );
 }

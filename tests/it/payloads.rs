@@ -65,22 +65,7 @@ async fn a_mixed_fleet_of_payload_formats_all_complete() {
             },
         ),
     ];
-    let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
-    let queue = redis.jobs(
-        Keys::new("dedup2d", "dedup2d:queue"),
-        Timing {
-            lease_seconds: 20.0,
-            ttl_seconds: 3600,
-        },
-    );
-    for (id, payload) in &jobs {
-        let job = NewJob {
-            job_id: id.to_string(),
-            created_at: 1.0,
-            payload: payload.clone(),
-        };
-        queue.admit(job, 100).await.unwrap();
-    }
+    admit(&cluster, jobs.iter().map(|(id, p)| (id.to_string(), p.clone()))).await;
 
     let worker = cluster.worker(&[]).await;
     for (id, _) in &jobs {
@@ -143,23 +128,26 @@ async fn the_api_inlines_uploads_only_when_asked_and_only_up_to_the_limit() {
     assert!(by_ref.get("file_bytes_b64").is_none(), "{by_ref}");
 }
 
-async fn admit_inline(cluster: &Cluster, ids: impl Iterator<Item = String>) {
+/// Jobs written by other producers, straight into the queue.
+async fn admit(cluster: &Cluster, jobs: impl IntoIterator<Item = (String, Payload)>) {
     let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
-    let queue = redis.jobs(
-        Keys::new("dedup2d", "dedup2d:queue"),
-        Timing {
-            lease_seconds: 20.0,
-            ttl_seconds: 3600,
-        },
-    );
-    for id in ids {
+    let timing = Timing {
+        lease_seconds: 20.0,
+        ttl_seconds: 3600,
+    };
+    let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
+    for (job_id, payload) in jobs {
         let job = NewJob {
-            job_id: id,
+            job_id,
             created_at: 1.0,
-            payload: payload(None, Some(&png(1))),
+            payload,
         };
         queue.admit(job, 1000).await.unwrap();
     }
+}
+
+async fn admit_inline(cluster: &Cluster, ids: impl Iterator<Item = String>) {
+    admit(cluster, ids.map(|id| (id, payload(None, Some(&png(1)))))).await;
 }
 
 fn migration(cluster: &Cluster, execute: bool, drop_b64: bool) -> impl std::future::Future<Output = Summary> {

@@ -39,7 +39,7 @@ fn payload(file_ref: Option<FileRef>, inline: Option<&[u8]>) -> Payload {
 async fn a_mixed_fleet_of_payload_formats_all_complete() {
     let cluster = Cluster::start().await;
     let api = cluster.api(&[]).await;
-    // Jobs written by other producers, straight into the queue.
+    // Their uploads, on the disk the worker reads.
     let files = Files::local(
         &cluster.data_dir.join("dedup2d_uploads"),
         &cluster.data_dir.join("library"),

@@ -146,6 +146,12 @@ const SETTINGS: &[Setting] = &[
         &["DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH"],
         "1",
     ),
+    // `dedup2d gc` deletes unreferenced uploads older than this; 0 turns it off.
+    setting(
+        "file_storage_retention_seconds",
+        &["DEDUP2D_FILE_STORAGE_RETENTION_SECONDS"],
+        "3600",
+    ),
     setting(
         "job_payload_include_bytes_b64",
         &["DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64"],
@@ -262,6 +268,9 @@ pub struct Config {
     pub file_storage: Storage,
     pub file_storage_dir: PathBuf,
     pub file_storage_cleanup_on_finish: bool,
+    /// Age below which `dedup2d gc` keeps an unreferenced upload; `None` is
+    /// off (CONTRACT §4: 0).
+    pub file_storage_retention: Option<Duration>,
     /// Seed 003's rolling upgrade: also put the upload in the payload.
     pub job_payload_include_bytes_b64: bool,
     pub job_payload_bytes_b64_max_bytes: u64,
@@ -329,6 +338,7 @@ impl Config {
             "" => data_dir.join("dedup2d_uploads"),
             dir => PathBuf::from(dir),
         };
+        v.apart_from_library(&file_storage_dir, &data_dir)?;
         let config = Config {
             listen: v.parse("listen")?,
             api_keys: v.csv("api_keys"),
@@ -353,6 +363,8 @@ impl Config {
             file_storage: v.storage()?,
             file_storage_dir,
             file_storage_cleanup_on_finish: v.cleanup_on_finish()?,
+            file_storage_retention: Some(v.seconds_up_to("file_storage_retention_seconds", 0, 365 * 24 * 3600)?)
+                .filter(|d| !d.is_zero()),
             job_payload_include_bytes_b64: v.flag("job_payload_include_bytes_b64")?,
             job_payload_bytes_b64_max_bytes: v.in_range("job_payload_bytes_b64_max_bytes", 0, 512 << 20)?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
@@ -492,7 +504,11 @@ impl Values<'_> {
     }
 
     fn seconds(&self, key: &'static str, min: u64) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_secs(self.in_range(key, min, 7 * 24 * 3600)?))
+        self.seconds_up_to(key, min, 7 * 24 * 3600)
+    }
+
+    fn seconds_up_to(&self, key: &'static str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.in_range(key, min, max)?))
     }
 
     fn flag(&self, key: &'static str) -> Result<bool, ConfigError> {
@@ -590,6 +606,24 @@ impl Values<'_> {
             secret_key: optional("s3_secret_key"),
             session_token: optional("s3_session_token"),
         })
+    }
+
+    /// The garbage collector sweeps the uploads directory: it must not hold
+    /// the library (`<data_dir>/library`), nor be inside it. Compared as
+    /// written, made absolute, since neither needs to exist yet.
+    fn apart_from_library(&self, uploads: &Path, data_dir: &Path) -> Result<(), ConfigError> {
+        let absolute = |p: &Path| {
+            let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            p.components().collect::<PathBuf>()
+        };
+        let (uploads, library) = (absolute(uploads), absolute(&data_dir.join("library")));
+        if library.starts_with(&uploads) || uploads.starts_with(&library) {
+            return Err(self.invalid(
+                "file_storage_dir",
+                format!("must not overlap the library directory {}", library.display()),
+            ));
+        }
+        Ok(())
     }
 
     /// CONTRACT §4: on by default for local storage, off for S3 (where a
@@ -708,6 +742,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("file_storage_cleanup_on_finish"), "{err}");
+    }
+
+    #[test]
+    fn gc_retention_defaults_to_an_hour_and_zero_turns_it_off() {
+        assert_eq!(
+            Config::defaults().file_storage_retention,
+            Some(Duration::from_secs(3600))
+        );
+        let off = load(None, &[("DEDUP2D_FILE_STORAGE_RETENTION_SECONDS", "0")], &[]).unwrap();
+        assert_eq!(off.file_storage_retention, None);
+        let flag = load(None, &[], &[("file_storage_retention_seconds", "60")]).unwrap();
+        assert_eq!(flag.file_storage_retention, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn uploads_may_not_share_a_directory_with_the_library() {
+        for uploads in ["./data", "./data/library/up", "."] {
+            let err = load(None, &[("DEDUP2D_FILE_STORAGE_DIR", uploads)], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("file_storage_dir") && err.contains("library"),
+                "{uploads}: {err}"
+            );
+        }
+        let apart = load(None, &[("DEDUP2D_FILE_STORAGE_DIR", "/srv/uploads")], &[]);
+        assert!(apart.is_ok());
     }
 
     #[test]

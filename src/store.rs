@@ -5,9 +5,11 @@
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -45,6 +47,35 @@ impl From<object_store::Error> for StoreError {
 pub enum FileRef {
     Local { path: String },
     S3 { bucket: String, key: String },
+}
+
+/// What a sweep of the uploads area found at a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// `<job_id>/<uuid hex>_<safe name>`: an upload (ours or the original's).
+    Upload,
+    /// A readiness probe that a crash left behind.
+    Probe,
+    /// Anything else: not ours, so never deleted.
+    Foreign,
+}
+
+/// One object of the uploads area, as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Opaque; what [`Files::upload_key`] gives for a reference to it.
+    pub key: String,
+    pub size: u64,
+    pub modified: SystemTime,
+    pub found: Found,
+}
+
+/// What [`Files::tidy_uploads`] removed (or, not executing, would remove).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tidied {
+    pub temp_files: u64,
+    pub temp_bytes: u64,
+    pub empty_dirs: u64,
 }
 
 /// Where an area's objects are, which is also what its `FileRef`s say.
@@ -181,6 +212,71 @@ impl Files {
         Ok(())
     }
 
+    /// The key of a reference into the uploads area, comparable with
+    /// [`Listed::key`]; `None` for a reference anywhere else.
+    pub fn upload_key(&self, file: &FileRef) -> Option<String> {
+        self.uploads.key_of(file).map(|key| key.to_string())
+    }
+
+    /// Every object under the uploads root or prefix, and nothing else.
+    pub fn list_uploads(&self) -> BoxStream<'static, Result<Listed, StoreError>> {
+        let prefix = match &self.uploads.place {
+            Place::Local { .. } => None,
+            Place::S3 { prefix, .. } => Some(Path::from(prefix.as_str())),
+        };
+        let skip = prefix.as_ref().map_or(0, |p| p.parts().count());
+        self.uploads
+            .store
+            .list(prefix.as_ref())
+            .map(move |meta| {
+                let meta = meta.map_err(StoreError::from)?;
+                let parts: Vec<_> = meta.location.parts().skip(skip).collect();
+                let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+                let millis = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+                Ok(Listed {
+                    found: classify(&parts),
+                    key: meta.location.to_string(),
+                    size: meta.size,
+                    modified: UNIX_EPOCH + Duration::from_millis(millis),
+                })
+            })
+            .boxed()
+    }
+
+    /// Deletes a listed upload; gone already is fine.
+    pub async fn delete_upload(&self, key: &str) -> Result<(), StoreError> {
+        let area = &self.uploads;
+        let inside = match &area.place {
+            Place::Local { .. } => true,
+            Place::S3 { prefix, .. } => key.strip_prefix(prefix.as_str()).is_some_and(|k| k.starts_with('/')),
+        };
+        if !inside {
+            return Err(StoreError::InvalidRef(format!("{key} is outside the uploads")));
+        }
+        let started = Instant::now();
+        let result = match area.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::from(e)),
+        };
+        area.record(t::FILE_DELETES_TOTAL, "delete", started, &result);
+        result
+    }
+
+    /// Local uploads only (S3 has neither): removes what a crash left in
+    /// the uploads directory and object_store cannot list, if older than
+    /// `cutoff`: half-written temporary files (`<name>#<digits>`) and empty
+    /// job directories. Symlinks are never followed.
+    pub async fn tidy_uploads(&self, cutoff: SystemTime, execute: bool) -> Result<Tidied, StoreError> {
+        let Place::Local { root } = &self.uploads.place else {
+            return Ok(Tidied::default());
+        };
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || tidy(&root, cutoff, execute))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(|e| StoreError::Unavailable(format!("tidying the uploads directory: {e}")))
+    }
+
     /// `local` or `s3`, for logs and metric labels.
     pub fn backend(&self) -> &'static str {
         self.uploads.backend()
@@ -298,6 +394,67 @@ impl Area {
     }
 }
 
+/// The kind of an object from its path under the uploads root.
+fn classify(parts: &[&str]) -> Found {
+    let upload_name = |name: &str| {
+        name.len() > 33
+            && name.as_bytes()[..32]
+                .iter()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && name.as_bytes()[32] == b'_'
+    };
+    match parts {
+        [dir, name] if !dir.is_empty() && upload_name(name) => Found::Upload,
+        [name] if name.starts_with(".ready-") => Found::Probe,
+        _ => Found::Foreign,
+    }
+}
+
+/// object_store writes `<name>#<digits>` and renames it into place.
+fn is_temp_file(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(|n| n.rsplit_once('#'))
+        .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn tidy(root: &FsPath, cutoff: SystemTime, execute: bool) -> std::io::Result<Tidied> {
+    let mut tidied = Tidied::default();
+    tidy_temp_files(root, cutoff, execute, &mut tidied)?;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        // Taken before removing temp files, which makes the directory new.
+        let dir_was_old = entry.metadata()?.modified().is_ok_and(|m| m < cutoff);
+        let left = tidy_temp_files(&dir, cutoff, execute, &mut tidied)?;
+        // remove_dir refuses a directory that gained a file meanwhile.
+        if dir_was_old && left == 0 && (!execute || std::fs::remove_dir(&dir).is_ok()) {
+            tidied.empty_dirs += 1;
+        }
+    }
+    Ok(tidied)
+}
+
+/// Removes the old temp files directly in `dir`; returns how many entries
+/// stay.
+fn tidy_temp_files(dir: &FsPath, cutoff: SystemTime, execute: bool, tidied: &mut Tidied) -> std::io::Result<u64> {
+    let mut left = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let stray = meta.is_file() && is_temp_file(&entry.file_name()) && meta.modified().is_ok_and(|m| m < cutoff);
+        if stray && (!execute || std::fs::remove_file(entry.path()).is_ok()) {
+            tidied.temp_files += 1;
+            tidied.temp_bytes += meta.len();
+        } else {
+            left += 1;
+        }
+    }
+    Ok(left)
+}
+
 /// `<dir>/<uuid hex>_<safe name>`: the uuid keeps two uploads of one name apart.
 fn unique_key(dir: &str, file_name: &str) -> String {
     format!(
@@ -369,5 +526,69 @@ mod tests {
             assert!(matches!(files.get(&escape).await, Err(StoreError::InvalidRef(_))));
         }
         files.check().await.unwrap();
+    }
+
+    #[test]
+    fn only_upload_shaped_keys_count_as_uploads() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        assert_eq!(classify(&["job1", &format!("{hex}_a.png")]), Found::Upload);
+        assert_eq!(classify(&[".ready-x"]), Found::Probe);
+        for foreign in [
+            vec!["job1", "a.png"],
+            vec!["notes.txt"],
+            vec!["a", "b", &format!("{hex}_a.png")],
+            vec!["job1", &format!("{}_a.png", hex.to_uppercase())],
+            vec!["job1", &format!("{hex}_")],
+        ] {
+            assert_eq!(classify(&foreign), Found::Foreign, "{foreign:?}");
+        }
+        assert!(is_temp_file("a.png#12".as_ref()) && !is_temp_file("a#b".as_ref()) && !is_temp_file("a#".as_ref()));
+    }
+
+    #[tokio::test]
+    async fn tidying_removes_old_temp_files_and_empty_job_dirs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::local(&dir.path().join("up"), &dir.path().join("lib")).unwrap();
+        let up = dir.path().join("up");
+        let long_ago = SystemTime::now() - Duration::from_secs(7200);
+        let aged = |path: &FsPath| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        };
+        for dir in ["empty-old", "empty-new", "with-temp"] {
+            std::fs::create_dir(up.join(dir)).unwrap();
+        }
+        std::fs::write(up.join("with-temp/x.png#3"), b"half").unwrap();
+        aged(&up.join("with-temp/x.png#3"));
+        std::fs::write(up.join("young.png#4"), b"new").unwrap();
+        std::fs::write(up.join("keep#me"), b"mine").unwrap();
+        aged(&up.join("keep#me"));
+        let age_dir = |name: &str| {
+            std::fs::File::open(up.join(name))
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        };
+        age_dir("empty-old");
+        age_dir("with-temp");
+        let cutoff = SystemTime::now() - Duration::from_secs(3600);
+
+        let dry = files.tidy_uploads(cutoff, false).await.unwrap();
+        let expected = Tidied {
+            temp_files: 1,
+            temp_bytes: 4,
+            empty_dirs: 2,
+        };
+        assert_eq!(dry, expected);
+        assert!(up.join("empty-old").exists() && up.join("with-temp/x.png#3").exists());
+        assert_eq!(files.tidy_uploads(cutoff, true).await.unwrap(), expected);
+        assert!(!up.join("empty-old").exists() && !up.join("with-temp").exists());
+        for kept in ["empty-new", "young.png#4", "keep#me"] {
+            assert!(up.join(kept).exists(), "{kept}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Backend, Config};
 use crate::embedded::Db;
 use crate::engine::Limits;
+use crate::gc::GcLedger;
 use crate::jobs::JobStore;
 use crate::library::Library;
 use crate::queue::{Keys, Redis, RedisJobs, Timing};
@@ -26,6 +27,8 @@ pub struct App {
     pub jobs: Arc<dyn JobStore>,
     pub library: Library,
     pub stats: Arc<dyn StatsStore>,
+    /// What `dedup2d gc` recorded, for `/metrics`.
+    pub gc: Arc<dyn GcLedger>,
     pub files: Arc<Files>,
     pub limits: Limits,
     backing: Backing,
@@ -65,22 +68,16 @@ impl App {
         let backing = match config.async_backend {
             Backend::InProcess => Backing::Embedded(Db::open(&config.data_dir, config.async_ttl)?),
             Backend::Redis => {
-                let redis = Redis::connect(&config.redis_url).await.with_context(|| {
-                    let url = crate::config::redacted_url(&config.redis_url);
-                    format!("cannot reach Redis at {url} (DEDUP2D_REDIS_URL)")
-                })?;
-                let timing = Timing {
-                    lease_seconds: config.lease.as_secs_f64(),
-                    ttl_seconds: config.async_ttl.as_secs(),
-                };
-                let jobs = Arc::new(redis.jobs(Keys::new(&config.redis_key_prefix, &config.arq_queue_name), timing));
+                let (redis, jobs) = connect_redis(&config).await?;
                 Backing::Redis { redis, jobs }
             }
         };
-        let (jobs, library, stats): (Arc<dyn JobStore>, Library, Arc<dyn StatsStore>) = match &backing {
+        type Seams = (Arc<dyn JobStore>, Library, Arc<dyn StatsStore>, Arc<dyn GcLedger>);
+        let (jobs, library, stats, gc): Seams = match &backing {
             Backing::Embedded(db) => (
                 Arc::new(db.clone()),
                 Library::new(Arc::new(db.clone()), files.clone()),
+                Arc::new(db.clone()),
                 Arc::new(db.clone()),
             ),
             Backing::Redis { redis, jobs } => {
@@ -89,6 +86,7 @@ impl App {
                     jobs.clone(),
                     Library::with_feed(library.clone(), library.clone(), files.clone()),
                     library,
+                    jobs.clone(),
                 )
             }
         };
@@ -96,6 +94,7 @@ impl App {
             jobs,
             library,
             stats,
+            gc,
             files,
             limits: Limits::default(),
             backing,
@@ -171,6 +170,20 @@ impl App {
     fn running_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The Redis client and job store of the distributed mode.
+pub async fn connect_redis(config: &Config) -> anyhow::Result<(Redis, Arc<RedisJobs>)> {
+    let redis = Redis::connect(&config.redis_url).await.with_context(|| {
+        let url = crate::config::redacted_url(&config.redis_url);
+        format!("cannot reach Redis at {url} (DEDUP2D_REDIS_URL)")
+    })?;
+    let timing = Timing {
+        lease_seconds: config.lease.as_secs_f64(),
+        ttl_seconds: config.async_ttl.as_secs(),
+    };
+    let jobs = Arc::new(redis.jobs(Keys::new(&config.redis_key_prefix, &config.arq_queue_name), timing));
+    Ok((redis, jobs))
 }
 
 /// Seconds since the epoch, as job times are reported.

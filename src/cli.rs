@@ -32,8 +32,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run queue workers for the distributed mode (DEDUP2D_ASYNC_BACKEND=redis).
     Work(WorkArgs),
-    /// Remove uploads that no live job needs.
-    Gc(PendingArgs),
+    /// Remove uploads that no live job needs; dry run unless --execute.
+    #[command(long_about = GC_ABOUT)]
+    Gc(GcArgs),
     /// Give queued inline-only job payloads a file_ref (seed 003's upgrade); dry run unless --execute.
     MigratePayloads(MigrateArgs),
     /// Print the effective configuration, each value with its source.
@@ -249,11 +250,44 @@ pub struct MigrateArgs {
     pub json: bool,
 }
 
-/// Subcommands whose issue has not landed take any arguments and say so.
+const GC_ABOUT: &str = "\
+Remove uploads that no live job needs. Dry run unless --execute.
+
+An upload (`<job_id>/<uuid hex>_<name>` under DEDUP2D_FILE_STORAGE_DIR or the S3 prefix) is deleted
+when no pending or running job references it (read from the job store: the embedded database of
+DEDUP2D_DATA_DIR, or Redis; on Redis dead-lettered jobs keep theirs for --requeue-dead) and it is
+older than the retention. Anything else under the uploads root is left alone. On local storage,
+half-written temporary files and empty job directories older than the retention go too.
+
+Safe while `serve` or workers run. Each run is recorded in the job store, so the API and workers
+export dedup2d_gc_*. The summary goes to stdout (a progress line to stderr on a terminal). The exit
+code is non-zero when storage or the job store cannot be reached, a delete failed, or the run was
+interrupted.";
+
+/// `dedup2d gc`: see [`crate::gc`].
 #[derive(Debug, Args)]
-pub struct PendingArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
+pub struct GcArgs {
+    /// Delete (without it, only report what would be deleted).
+    #[arg(long)]
+    pub execute: bool,
+    /// Report only (the default; accepted for scripts that say so).
+    #[arg(long, conflicts_with = "execute")]
+    pub dry_run: bool,
+    /// Keep unreferenced uploads younger than this (env DEDUP2D_FILE_STORAGE_RETENTION_SECONDS; default 3600; 0 = off).
+    #[arg(long, value_name = "N")]
+    pub retention_seconds: Option<u64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GcArgs {
+    fn overrides(&self) -> Vec<(&'static str, &'static str, String)> {
+        self.retention_seconds
+            .iter()
+            .map(|n| ("file_storage_retention_seconds", "--retention-seconds", n.to_string()))
+            .collect()
+    }
 }
 
 impl ServeArgs {
@@ -289,7 +323,10 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<()> {
                 crate::work::run(config.clone(), args.options(), shutdown)
             });
         }
-        Command::Gc(_) => bail!("`dedup2d gc` is not built yet: it arrives with issue #5"),
+        Command::Gc(args) => {
+            let config = load_config(cli.config, env, args.overrides())?;
+            return gc(config, &args);
+        }
         Command::MigratePayloads(args) => {
             let config = load_config(cli.config, env, Vec::new())?;
             return migrate_payloads(config, &args);
@@ -321,19 +358,56 @@ where
     })
 }
 
+/// Runs a one-shot maintenance command with logs, stopping it early on
+/// SIGTERM/Ctrl-C (it then reports what it did).
+fn tool<T, F>(config: &Config, command: impl FnOnce(CancellationToken) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    crate::telemetry::init_logging(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
+        command(shutdown).await
+    })
+}
+
+fn gc(config: Config, args: &GcArgs) -> anyhow::Result<()> {
+    let options = crate::gc::Options {
+        execute: args.execute,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let run = tool(&config, |shutdown| crate::gc::run(config.clone(), options, shutdown))?;
+    let Some(run) = run else {
+        if args.json {
+            println!("{{\"off\":true}}");
+        }
+        eprintln!("dedup2d: file_storage_retention_seconds is 0, which turns gc off; nothing was scanned");
+        return Ok(());
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&run)?);
+    } else {
+        print!("{}", run.render());
+    }
+    if run.failed > 0 {
+        bail!("{} uploads could not be deleted", run.failed);
+    }
+    if run.interrupted {
+        bail!("gc was interrupted; the run is recorded as far as it went");
+    }
+    Ok(())
+}
+
 fn migrate_payloads(config: Config, args: &MigrateArgs) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    crate::telemetry::init_logging(&config);
     let options = crate::migrate::Options {
         execute: args.execute,
         drop_b64: args.drop_b64,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let summary = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
-        crate::migrate::run(config, options, shutdown).await
+    let summary = tool(&config, |shutdown| {
+        crate::migrate::run(config.clone(), options, shutdown)
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -15,11 +15,13 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::engine::{Details, Features};
+use crate::gc::{GcLedger, Run as GcRun, Totals as GcTotals};
 use crate::jobs::{
     CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
 };
 use crate::library::{Drawing, LibraryError, LibraryStore};
 use crate::stats::{StatsError, StatsStore, TenantStats};
+use crate::store::FileRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -67,6 +69,15 @@ CREATE TABLE IF NOT EXISTS drawings (
     PRIMARY KEY (tenant_id, drawing_id)
 );
 CREATE INDEX IF NOT EXISTS drawings_by_age ON drawings(tenant_id, created_at);
+CREATE TABLE IF NOT EXISTS gc_runs (
+    run_id TEXT PRIMARY KEY,
+    dry_run INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    deleted INTEGER NOT NULL,
+    bytes_freed INTEGER NOT NULL,
+    summary TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tenant_stats (
     tenant_id TEXT PRIMARY KEY,
     processed INTEGER NOT NULL DEFAULT 0,
@@ -87,7 +98,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Mutex<Inner>>,
-    _lock: Arc<File>,
+    /// `None` for a handle opened beside the owner ([`Db::open_beside`]).
+    _lock: Option<Arc<File>>,
 }
 
 impl Db {
@@ -130,7 +142,32 @@ impl Db {
                 live_jobs,
                 ttl_seconds: ttl.as_secs_f64(),
             })),
-            _lock: Arc::new(lock),
+            _lock: Some(Arc::new(lock)),
+        })
+    }
+
+    /// Opens an existing database without the data-dir lock, for a tool
+    /// that runs while `serve` owns it and only reads jobs and records GC
+    /// runs (`dedup2d gc`); SQLite's own locking orders the writes. A
+    /// missing database is an error, not a new empty one: a wrong data dir
+    /// must not look like a store without live jobs.
+    pub fn open_beside(data_dir: &Path) -> Result<Db, DbError> {
+        let path = data_dir.join("dedup2d.db");
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
+            DbError::Open {
+                path: path.display().to_string(),
+                reason: format!("{e} (is DEDUP2D_DATA_DIR the data dir `serve` uses?)"),
+            }
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Db {
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                live_jobs: 0,
+                ttl_seconds: 0.0,
+            })),
+            _lock: None,
         })
     }
 
@@ -432,6 +469,90 @@ impl JobStore for Db {
                     [now],
                 )?;
                 Ok(removed as u64)
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl GcLedger for Db {
+    async fn live_files(&self) -> Result<Vec<FileRef>, JobError> {
+        Ok(self
+            .call(|inner| {
+                let mut statement = inner
+                    .conn
+                    .prepare("SELECT payload FROM jobs WHERE status IN ('pending', 'in_progress')")?;
+                let payloads = statement.query_map([], |row| row.get::<_, String>(0))?;
+                let mut files = Vec::new();
+                for payload in payloads {
+                    // A payload that does not read fails its job at the
+                    // claim; it needs no file.
+                    if let Ok(Payload {
+                        file_ref: Some(file), ..
+                    }) = serde_json::from_str(&payload?)
+                    {
+                        files.push(file);
+                    }
+                }
+                Ok(files)
+            })
+            .await?)
+    }
+
+    async fn record_gc(&self, run: &GcRun) -> Result<(), JobError> {
+        let summary = to_json(run)?;
+        let run = run.clone();
+        Ok(self
+            .call(move |inner| {
+                inner.conn.execute(
+                    "INSERT OR IGNORE INTO gc_runs (run_id, dry_run, started_at, finished_at, deleted, bytes_freed, summary) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        run.run_id,
+                        run.dry_run,
+                        run.started_at,
+                        run.finished_at,
+                        run.deleted,
+                        run.bytes_freed,
+                        summary
+                    ],
+                )?;
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn gc_totals(&self) -> Result<GcTotals, JobError> {
+        Ok(self
+            .call(|inner| {
+                let mut totals = inner.conn.query_row(
+                    "SELECT count(*) FILTER (WHERE NOT dry_run), count(*) FILTER (WHERE dry_run), \
+                     coalesce(sum(deleted) FILTER (WHERE NOT dry_run), 0), \
+                     coalesce(sum(bytes_freed) FILTER (WHERE NOT dry_run), 0) FROM gc_runs",
+                    [],
+                    |r| {
+                        Ok(GcTotals {
+                            runs: r.get(0)?,
+                            dry_runs: r.get(1)?,
+                            files_deleted: r.get(2)?,
+                            bytes_freed: r.get(3)?,
+                            ..GcTotals::default()
+                        })
+                    },
+                )?;
+                let last: Option<(f64, f64)> = inner
+                    .conn
+                    .query_row(
+                        "SELECT started_at, finished_at FROM gc_runs WHERE NOT dry_run ORDER BY finished_at DESC LIMIT 1",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((started, finished)) = last {
+                    totals.last_run_at = Some(finished);
+                    totals.last_duration_seconds = Some(finished - started);
+                }
+                Ok(totals)
             })
             .await?)
     }

@@ -12,7 +12,9 @@
 //! - [`runner`] runs async jobs, in `serve` (embedded) or [`work`] (Redis);
 //!   [`search`] is one search;
 //! - [`calibrate`] measures how well the L2 hashes separate duplicates;
-//! - [`import`] bulk-adds a folder to a library through the API.
+//! - [`import`] bulk-adds a folder to a library through the API;
+//! - [`gc`] removes uploads no live job needs, [`migrate`] moves queued
+//!   inline payloads to stored files.
 
 pub mod api;
 pub mod app;
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod embedded;
 pub mod engine;
+pub mod gc;
 pub mod import;
 pub mod jobs;
 pub mod library;

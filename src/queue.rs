@@ -24,9 +24,11 @@ use fred::types::scripts::Script;
 
 use std::time::{Duration, Instant};
 
+use crate::gc::{GcLedger, Run as GcRun, Totals as GcTotals};
 use crate::jobs::{
     CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
 };
+use crate::store::FileRef;
 use crate::telemetry as t;
 
 mod library;
@@ -75,6 +77,16 @@ impl Keys {
 
     fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
+    }
+
+    /// `dedup2d gc`'s totals (a hash; no TTL).
+    fn gc(&self) -> String {
+        format!("{}:gc", self.prefix)
+    }
+
+    /// The last 100 `dedup2d gc` summaries, newest first (JSON).
+    fn gc_runs(&self) -> String {
+        format!("{}:gc:runs", self.prefix)
     }
 }
 
@@ -171,6 +183,7 @@ struct Scripts {
     list: Script,
     requeue_dead: Script,
     replace_payload: Script,
+    record_gc: Script,
 }
 
 /// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
@@ -385,6 +398,25 @@ redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
 return 1
 "#;
 
+/// KEYS: gc totals, gc runs. ARGV: run id, dry run (1/0), deleted, bytes
+/// freed, finished at, duration, summary. The run id makes a resent
+/// record (see ADMIT) count once.
+const RECORD_GC: &str = r#"
+if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'last_run_id', ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'dry_runs', 1)
+else
+  redis.call('HINCRBY', KEYS[1], 'runs', 1)
+  redis.call('HINCRBY', KEYS[1], 'files_deleted', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'bytes_freed', ARGV[4])
+  redis.call('HSET', KEYS[1], 'last_run_at', ARGV[5], 'last_duration_seconds', ARGV[6])
+end
+redis.call('LPUSH', KEYS[2], ARGV[7])
+redis.call('LTRIM', KEYS[2], 0, 99)
+return 1
+"#;
+
 /// KEYS: tenant jobs. ARGV: prefix, status filter ('' for any), limit.
 /// Newest first; forgets ids whose job expired. Returns {total, ids...}.
 const LIST: &str = r#"
@@ -420,6 +452,7 @@ impl RedisJobs {
                 list: Script::from_lua(LIST),
                 requeue_dead: Script::from_lua(REQUEUE_DEAD),
                 replace_payload: Script::from_lua(REPLACE_PAYLOAD),
+                record_gc: Script::from_lua(RECORD_GC),
             },
         }
     }
@@ -529,6 +562,62 @@ fn unavailable(e: impl std::fmt::Display) -> JobError {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, JobError> {
     serde_json::to_string(value).map_err(|e| JobError::Unavailable(format!("cannot encode a job: {e}")))
+}
+
+/// Payloads are read this many at a time.
+const MGET_CHUNK: usize = 500;
+
+#[async_trait]
+impl GcLedger for RedisJobs {
+    async fn live_files(&self) -> Result<Vec<FileRef>, JobError> {
+        let mut ids: Vec<String> = self.client.smembers(self.keys.active()).await.map_err(unavailable)?;
+        ids.extend(self.queued().await?);
+        ids.extend(self.dead_letters().await?);
+        ids.sort_unstable();
+        ids.dedup();
+        let mut files = Vec::new();
+        for chunk in ids.chunks(MGET_CHUNK) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.keys.payload(id)).collect();
+            let payloads: Vec<Option<String>> = self.client.mget(keys).await.map_err(unavailable)?;
+            files.extend(
+                payloads
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| serde_json::from_str::<Payload>(p).ok()?.file_ref),
+            );
+        }
+        Ok(files)
+    }
+
+    async fn record_gc(&self, run: &GcRun) -> Result<(), JobError> {
+        let keys = vec![self.keys.gc(), self.keys.gc_runs()];
+        let args = vec![
+            run.run_id.clone(),
+            if run.dry_run { "1" } else { "0" }.to_string(),
+            run.deleted.to_string(),
+            run.bytes_freed.to_string(),
+            run.finished_at.to_string(),
+            run.duration_seconds().to_string(),
+            to_json(run)?,
+        ];
+        let _: i64 = self.run(&self.scripts.record_gc, keys, args).await?;
+        Ok(())
+    }
+
+    async fn gc_totals(&self) -> Result<GcTotals, JobError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.client.hgetall(self.keys.gc()).await.map_err(unavailable)?;
+        let count = |name: &str| fields.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let seconds = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
+        Ok(GcTotals {
+            runs: count("runs"),
+            dry_runs: count("dry_runs"),
+            files_deleted: count("files_deleted"),
+            bytes_freed: count("bytes_freed"),
+            last_run_at: seconds("last_run_at"),
+            last_duration_seconds: seconds("last_duration_seconds"),
+        })
+    }
 }
 
 #[async_trait]

@@ -95,7 +95,7 @@ pub(crate) async fn upkeep(app: Arc<App>, every: Duration, shutdown: Cancellatio
         {
             tracing::warn!(message = "redis does not answer", %error);
         }
-        api::update_queue_gauges(app.jobs.as_ref()).await;
+        api::update_store_gauges(&app).await;
         crate::telemetry::metrics_handle().run_upkeep();
     }
 }

@@ -32,6 +32,14 @@ pub const FILE_UPLOAD_BYTES: &str = "dedup2d_file_upload_bytes";
 pub const FILE_OPERATION_DURATION_SECONDS: &str = "dedup2d_file_operation_duration_seconds";
 pub const PAYLOAD_FORMAT_TOTAL: &str = "dedup2d_payload_format_total";
 pub const LEGACY_B64_FALLBACK_TOTAL: &str = "dedup2d_legacy_b64_fallback_total";
+// `dedup2d gc` runs as a short-lived process and records each run in the job
+// store; the API and workers export these from that record, so each
+// process shows the same fleet-wide values (aggregate with max, not sum).
+pub const GC_RUNS_TOTAL: &str = "dedup2d_gc_runs_total";
+pub const GC_FILES_DELETED_TOTAL: &str = "dedup2d_gc_files_deleted_total";
+pub const GC_BYTES_FREED_TOTAL: &str = "dedup2d_gc_bytes_freed_total";
+pub const GC_DURATION_SECONDS: &str = "dedup2d_gc_duration_seconds";
+pub const GC_LAST_RUN_TIMESTAMP_SECONDS: &str = "dedup2d_gc_last_run_timestamp_seconds";
 pub const HTTP_REQUESTS_TOTAL: &str = "dedup2d_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "dedup2d_http_request_duration_seconds";
 
@@ -112,6 +120,26 @@ fn describe() {
     describe_counter!(FILE_DELETES_TOTAL, "File deletes in storage, by backend and status");
     describe_histogram!(FILE_UPLOAD_BYTES, Unit::Bytes, "Size of files written to storage");
     describe_histogram!(FILE_OPERATION_DURATION_SECONDS, Unit::Seconds, "Storage call latency");
+    describe_counter!(
+        GC_RUNS_TOTAL,
+        "Recorded `dedup2d gc` runs, fleet-wide, by mode (execute, dry_run)"
+    );
+    describe_counter!(GC_FILES_DELETED_TOTAL, "Uploads `dedup2d gc` deleted, fleet-wide");
+    describe_counter!(
+        GC_BYTES_FREED_TOTAL,
+        Unit::Bytes,
+        "Bytes `dedup2d gc` freed, fleet-wide"
+    );
+    describe_gauge!(
+        GC_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long the last executing `dedup2d gc` run took"
+    );
+    describe_gauge!(
+        GC_LAST_RUN_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "When the last executing `dedup2d gc` run finished (0: never)"
+    );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by status class");
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency");
 }

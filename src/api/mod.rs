@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{LOCAL_TENANT, Tenants, tenant_id_of};
 pub use error::ApiError;
-pub use routes::update_queue_gauges;
+pub use routes::update_store_gauges;
 
 use crate::app::App;
 

@@ -17,7 +17,7 @@ use super::params::Query;
 use super::upload::{self, Upload, UploadLimits};
 use crate::app::{App, now};
 use crate::engine::{Mode, SearchParams};
-use crate::jobs::{CancelOutcome, Job, JobError, JobStore, NewJob, Payload, Status};
+use crate::jobs::{CancelOutcome, Job, JobError, NewJob, Payload, Status};
 use crate::search;
 use crate::stats::TenantStats;
 use crate::telemetry as t;
@@ -392,7 +392,7 @@ impl Api {
     }
 
     async fn metrics(&self) -> Reply {
-        update_queue_gauges(self.app.jobs.as_ref()).await;
+        update_store_gauges(&self.app).await;
         let text = t::metrics_handle().render();
         Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
@@ -401,16 +401,24 @@ impl Api {
     }
 }
 
-/// Gauges are set from the store, so they are right whoever changed the
-/// jobs. A store that does not answer in time leaves the last values, so a
-/// scrape during an outage still answers within Prometheus's timeout.
-pub async fn update_queue_gauges(jobs: &dyn JobStore) {
-    const COUNTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-    if let Ok(Ok(counts)) = tokio::time::timeout(COUNTS_TIMEOUT, jobs.counts()).await {
+/// Queue gauges and GC totals are set from the store, so they are right
+/// whoever changed the jobs or ran `dedup2d gc`. A store that does not
+/// answer in time leaves the last values, so a scrape during an outage
+/// still answers within Prometheus's timeout.
+pub async fn update_store_gauges(app: &App) {
+    const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    let read = async { (app.jobs.counts().await, app.gc.gc_totals().await) };
+    let Ok((counts, gc)) = tokio::time::timeout(STORE_TIMEOUT, read).await else {
+        return;
+    };
+    if let Ok(counts) = counts {
         metrics::gauge!(t::JOBS_QUEUED).set(counts.pending as f64);
         metrics::gauge!(t::JOBS_ACTIVE).set(counts.running as f64);
         metrics::gauge!(t::JOB_QUEUE_DEPTH).set((counts.pending + counts.running) as f64);
         metrics::gauge!(t::JOBS_DEAD_LETTER).set(counts.dead as f64);
+    }
+    if let Ok(gc) = gc {
+        crate::gc::export(&gc);
     }
 }
 

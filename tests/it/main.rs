@@ -4,6 +4,7 @@
 mod api;
 mod distributed;
 mod errors;
+mod gc;
 mod import;
 mod jobs;
 mod library_redis;

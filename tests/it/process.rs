@@ -24,7 +24,7 @@ fn help_lists_every_subcommand() {
 fn subcommands_that_cannot_run_here_fail_with_one_line_saying_why() {
     let dir = tempfile::tempdir().unwrap();
     for (args, why) in [
-        (&["gc", "--dry-run"][..], "not built yet"),
+        (&["gc", "--dry-run"][..], "DEDUP2D_DATA_DIR"),
         (&["migrate-payloads"], "DEDUP2D_ASYNC_BACKEND=redis"),
     ] {
         let out = run(args, &[], dir.path());

@@ -417,18 +417,22 @@ fn is_temp_file(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|(_, digits)| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Jobs finish while the walk runs: what vanished under it is skipped.
 fn tidy(root: &FsPath, cutoff: SystemTime, execute: bool) -> std::io::Result<Tidied> {
     let mut tidied = Tidied::default();
     tidy_temp_files(root, cutoff, execute, &mut tidied)?;
     for entry in std::fs::read_dir(root)? {
-        let entry = entry?;
-        if !entry.file_type()?.is_dir() {
+        let Some((entry, meta)) = present(entry)? else { continue };
+        if !meta.is_dir() {
             continue;
         }
         let dir = entry.path();
         // Taken before removing temp files, which makes the directory new.
-        let dir_was_old = entry.metadata()?.modified().is_ok_and(|m| m < cutoff);
-        let left = tidy_temp_files(&dir, cutoff, execute, &mut tidied)?;
+        let dir_was_old = meta.modified().is_ok_and(|m| m < cutoff);
+        let left = match tidy_temp_files(&dir, cutoff, execute, &mut tidied) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            left => left?,
+        };
         // remove_dir refuses a directory that gained a file meanwhile.
         if dir_was_old && left == 0 && (!execute || std::fs::remove_dir(&dir).is_ok()) {
             tidied.empty_dirs += 1;
@@ -442,8 +446,7 @@ fn tidy(root: &FsPath, cutoff: SystemTime, execute: bool) -> std::io::Result<Tid
 fn tidy_temp_files(dir: &FsPath, cutoff: SystemTime, execute: bool, tidied: &mut Tidied) -> std::io::Result<u64> {
     let mut left = 0;
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
+        let Some((entry, meta)) = present(entry)? else { continue };
         let stray = meta.is_file() && is_temp_file(&entry.file_name()) && meta.modified().is_ok_and(|m| m < cutoff);
         if stray && (!execute || std::fs::remove_file(entry.path()).is_ok()) {
             tidied.temp_files += 1;
@@ -453,6 +456,18 @@ fn tidy_temp_files(dir: &FsPath, cutoff: SystemTime, execute: bool, tidied: &mut
         }
     }
     Ok(left)
+}
+
+/// An entry and its own metadata (a symlink's, not its target's); `None`
+/// when it was removed after the directory was read.
+fn present(
+    entry: std::io::Result<std::fs::DirEntry>,
+) -> std::io::Result<Option<(std::fs::DirEntry, std::fs::Metadata)>> {
+    let found = entry.and_then(|entry| entry.metadata().map(|meta| (entry, meta)));
+    match found {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        other => other.map(Some),
+    }
 }
 
 /// `<dir>/<uuid hex>_<safe name>`: the uuid keeps two uploads of one name apart.

@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::callback::{Outbox, Sender, Settings};
 use crate::config::{Backend, Config};
 use crate::embedded::Db;
 use crate::engine::Limits;
@@ -29,6 +30,9 @@ pub struct App {
     pub stats: Arc<dyn StatsStore>,
     /// What `dedup2d gc` recorded, for `/metrics`.
     pub gc: Arc<dyn GcLedger>,
+    /// Ended jobs' callbacks waiting to be sent, and what sends them.
+    pub outbox: Arc<dyn Outbox>,
+    pub callbacks: Arc<Sender>,
     pub files: Arc<Files>,
     pub limits: Limits,
     backing: Backing,
@@ -72,11 +76,18 @@ impl App {
                 Backing::Redis { redis, jobs }
             }
         };
-        type Seams = (Arc<dyn JobStore>, Library, Arc<dyn StatsStore>, Arc<dyn GcLedger>);
-        let (jobs, library, stats, gc): Seams = match &backing {
+        type Seams = (
+            Arc<dyn JobStore>,
+            Library,
+            Arc<dyn StatsStore>,
+            Arc<dyn GcLedger>,
+            Arc<dyn Outbox>,
+        );
+        let (jobs, library, stats, gc, outbox): Seams = match &backing {
             Backing::Embedded(db) => (
                 Arc::new(db.clone()),
                 Library::new(Arc::new(db.clone()), files.clone()),
+                Arc::new(db.clone()),
                 Arc::new(db.clone()),
                 Arc::new(db.clone()),
             ),
@@ -87,6 +98,7 @@ impl App {
                     Library::with_feed(library.clone(), library.clone(), files.clone()),
                     library,
                     jobs.clone(),
+                    jobs.clone(),
                 )
             }
         };
@@ -95,6 +107,10 @@ impl App {
             library,
             stats,
             gc,
+            outbox,
+            callbacks: Arc::new(
+                Sender::new(Settings::from_config(&config)).context("cannot set up the callback HTTP client")?,
+            ),
             files,
             limits: Limits::default(),
             backing,

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::callback::net::Cidr;
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/dedup2d.toml";
 
@@ -162,6 +164,36 @@ const SETTINGS: &[Setting] = &[
         &["DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES"],
         "10485760",
     ),
+    Setting {
+        key: "callback_hmac_secret",
+        env: &["DEDUP2D_CALLBACK_HMAC_SECRET"],
+        default: "",
+        secret: true,
+    },
+    setting("callback_max_attempts", &["DEDUP2D_CALLBACK_MAX_ATTEMPTS"], "3"),
+    setting(
+        "callback_backoff_base_seconds",
+        &["DEDUP2D_CALLBACK_BACKOFF_BASE_SECONDS"],
+        "1",
+    ),
+    setting(
+        "callback_backoff_max_seconds",
+        &["DEDUP2D_CALLBACK_BACKOFF_MAX_SECONDS"],
+        "10",
+    ),
+    setting("callback_timeout_seconds", &["DEDUP2D_CALLBACK_TIMEOUT_SECONDS"], "10"),
+    setting("callback_allow_http", &["DEDUP2D_CALLBACK_ALLOW_HTTP"], "0"),
+    // Exact host names; empty allows any host the other rules allow.
+    setting("callback_allowlist", &["DEDUP2D_CALLBACK_ALLOWLIST"], ""),
+    setting(
+        "callback_block_private_networks",
+        &["DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS"],
+        "1",
+    ),
+    // Also resolve the name at submit (sending always checks what it dials).
+    setting("callback_resolve_dns", &["DEDUP2D_CALLBACK_RESOLVE_DNS"], "0"),
+    setting("callback_blocked_cidrs", &["DEDUP2D_CALLBACK_BLOCKED_CIDRS"], ""),
+    setting("callback_allowed_cidrs", &["DEDUP2D_CALLBACK_ALLOWED_CIDRS"], ""),
     setting("max_upload_bytes", &["DEDUP2D_MAX_UPLOAD_BYTES"], "52428800"),
     setting("max_concurrent_uploads", &["DEDUP2D_MAX_CONCURRENT_UPLOADS"], "64"),
     setting(
@@ -274,6 +306,17 @@ pub struct Config {
     /// Seed 003's rolling upgrade: also put the upload in the payload.
     pub job_payload_include_bytes_b64: bool,
     pub job_payload_bytes_b64_max_bytes: u64,
+    pub callback_hmac_secret: Option<String>,
+    pub callback_max_attempts: u32,
+    pub callback_backoff_base: Duration,
+    pub callback_backoff_max: Duration,
+    pub callback_timeout: Duration,
+    pub callback_allow_http: bool,
+    pub callback_allowlist: Vec<String>,
+    pub callback_block_private_networks: bool,
+    pub callback_resolve_dns: bool,
+    pub callback_blocked_cidrs: Vec<Cidr>,
+    pub callback_allowed_cidrs: Vec<Cidr>,
     pub max_upload_bytes: u64,
     pub max_concurrent_uploads: usize,
     pub forced_async_file_size_bytes: u64,
@@ -367,6 +410,17 @@ impl Config {
                 .filter(|d| !d.is_zero()),
             job_payload_include_bytes_b64: v.flag("job_payload_include_bytes_b64")?,
             job_payload_bytes_b64_max_bytes: v.in_range("job_payload_bytes_b64_max_bytes", 0, 512 << 20)?,
+            callback_hmac_secret: Some(v.raw("callback_hmac_secret").to_string()).filter(|s| !s.is_empty()),
+            callback_max_attempts: v.in_range("callback_max_attempts", 1, 20)?,
+            callback_backoff_base: v.fractional_seconds("callback_backoff_base_seconds", 0.01, 3600.0)?,
+            callback_backoff_max: v.fractional_seconds("callback_backoff_max_seconds", 0.01, 86400.0)?,
+            callback_timeout: v.fractional_seconds("callback_timeout_seconds", 0.1, 300.0)?,
+            callback_allow_http: v.flag("callback_allow_http")?,
+            callback_allowlist: v.csv("callback_allowlist"),
+            callback_block_private_networks: v.flag("callback_block_private_networks")?,
+            callback_resolve_dns: v.flag("callback_resolve_dns")?,
+            callback_blocked_cidrs: v.cidrs("callback_blocked_cidrs")?,
+            callback_allowed_cidrs: v.cidrs("callback_allowed_cidrs")?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
             max_concurrent_uploads: v.in_range("max_concurrent_uploads", 1, 100_000)?,
             forced_async_file_size_bytes: v.parse("forced_async_file_size_bytes")?,
@@ -529,6 +583,17 @@ impl Values<'_> {
                 let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
                 self.invalid(key, format!("expected one of {}", names.join(", ")))
             })
+    }
+
+    fn fractional_seconds(&self, key: &'static str, min: f64, max: f64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs_f64(self.in_range(key, min, max)?))
+    }
+
+    fn cidrs(&self, key: &'static str) -> Result<Vec<Cidr>, ConfigError> {
+        self.csv(key)
+            .iter()
+            .map(|text| text.parse().map_err(|e: String| self.invalid(key, e)))
+            .collect()
     }
 
     fn csv(&self, key: &'static str) -> Vec<String> {

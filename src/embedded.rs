@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use crate::callback::{Attempt, Due, Event, Outbox};
 use crate::engine::{Details, Features};
 use crate::gc::{GcLedger, Run as GcRun, Totals as GcTotals};
 use crate::jobs::{
@@ -35,6 +36,10 @@ pub enum DbError {
     Task(String),
 }
 
+/// Puts an ended job's callback in the outbox (a no-op without one).
+/// Params: job id, now.
+const CALLBACK_DUE: &str = "UPDATE jobs SET callback_due_at = ?2 WHERE job_id = ?1 AND callback_status = 'pending'";
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,7 +59,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     callback_attempts INTEGER NOT NULL DEFAULT 0,
     callback_http_status INTEGER,
     callback_finished_at REAL,
-    callback_last_error TEXT
+    callback_last_error TEXT,
+    callback_url TEXT,
+    callback_due_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs(tenant_id, created_at);
@@ -120,7 +127,12 @@ impl Db {
         conn.pragma_update(None, "synchronous", "normal")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        add_thumbnail_column(&conn)?;
+        add_column(&conn, "drawings", "thumbnail", "BLOB")?;
+        add_column(&conn, "jobs", "callback_url", "TEXT")?;
+        add_column(&conn, "jobs", "callback_due_at", "REAL")?;
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS jobs_callbacks_due ON jobs(callback_due_at) WHERE callback_due_at IS NOT NULL",
+        )?;
         let recovered = conn.execute(
             "UPDATE jobs SET status = 'pending', started_at = NULL WHERE status = 'in_progress'",
             [],
@@ -247,10 +259,12 @@ impl JobStore for Db {
                     current: inner.live_jobs,
                 }));
             }
+            let callback_url = job.payload.callback_url.as_deref();
             inner.conn.prepare_cached(
-                "INSERT INTO jobs (job_id, tenant_id, status, created_at, expires_at, payload) VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+                "INSERT INTO jobs (job_id, tenant_id, status, created_at, expires_at, payload, callback_url, callback_status) \
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE 'pending' END)",
             )?
-            .execute(params![job.job_id, job.payload.tenant_id, job.created_at, job.created_at + inner.ttl_seconds, payload])?;
+            .execute(params![job.job_id, job.payload.tenant_id, job.created_at, job.created_at + inner.ttl_seconds, payload, callback_url])?;
             inner.live_jobs += 1;
             Ok(Ok(()))
         })
@@ -319,6 +333,14 @@ impl JobStore for Db {
                     "UPDATE jobs SET status = 'canceled', cancel_requested = 1, finished_at = ?2, expires_at = ?3 WHERE job_id = ?1",
                     params![job_id, now, now + inner.ttl_seconds],
                 )?;
+                // A job canceled before it started has nothing to report.
+                let callback = if status == Status::Pending {
+                    "UPDATE jobs SET callback_status = 'skipped', callback_last_error = 'canceled_before_start', \
+                     callback_finished_at = ?2 WHERE job_id = ?1 AND callback_status = 'pending'"
+                } else {
+                    CALLBACK_DUE
+                };
+                tx.execute(callback, params![job_id, now])?;
                 tx.commit()?;
                 inner.live_jobs = inner.live_jobs.saturating_sub(1);
                 let file_ref = serde_json::from_str::<Payload>(&payload).ok().and_then(|p| p.file_ref);
@@ -356,6 +378,7 @@ impl JobStore for Db {
                         "UPDATE jobs SET status = 'failed', finished_at = ?2, expires_at = ?3, error = ?4 WHERE job_id = ?1",
                         params![job_id, now, now + inner.ttl_seconds, error],
                     )?;
+                    tx.execute(CALLBACK_DUE, params![job_id, now])?;
                     tx.commit()?;
                     inner.live_jobs = inner.live_jobs.saturating_sub(1);
                     let file_ref = payload.ok().and_then(|p| p.file_ref);
@@ -402,6 +425,7 @@ impl JobStore for Db {
                     ])?;
                 if changed > 0 {
                     inner.live_jobs = inner.live_jobs.saturating_sub(1);
+                    inner.conn.prepare_cached(CALLBACK_DUE)?.execute(params![job_id, now])?;
                 }
                 Ok(changed > 0)
             })
@@ -465,10 +489,81 @@ impl JobStore for Db {
         Ok(self
             .call(move |inner| {
                 let removed = inner.conn.execute(
-                    "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'canceled') AND expires_at < ?1",
+                    "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'canceled') AND expires_at < ?1 \
+                     AND callback_due_at IS NULL",
                     [now],
                 )?;
                 Ok(removed as u64)
+            })
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Outbox for Db {
+    async fn take_due(&self, now: f64, hold: f64) -> Result<Option<Due>, JobError> {
+        Ok(self
+            .call(move |inner| {
+                let tx = inner.conn.transaction()?;
+                let due = tx
+                    .query_row(
+                        "SELECT job_id, tenant_id, status, started_at, finished_at, result, error, callback_url, \
+                         callback_attempts FROM jobs WHERE callback_due_at <= ?1 ORDER BY callback_due_at LIMIT 1",
+                        [now],
+                        |r| {
+                            let result: Option<String> = r.get(5)?;
+                            Ok(Due {
+                                event: Event {
+                                    job_id: r.get(0)?,
+                                    tenant_id: r.get(1)?,
+                                    status: r.get(2)?,
+                                    started_at: r.get(3)?,
+                                    finished_at: r.get(4)?,
+                                    result: result.and_then(|text| serde_json::from_str(&text).ok()),
+                                    error: r.get(6)?,
+                                },
+                                url: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                                attempts: r.get(8)?,
+                            })
+                        },
+                    )
+                    .optional()?;
+                if let Some(due) = &due {
+                    tx.execute(
+                        "UPDATE jobs SET callback_due_at = ?2 WHERE job_id = ?1",
+                        params![due.event.job_id, now + hold],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(due)
+            })
+            .await?)
+    }
+
+    async fn record_attempt(
+        &self,
+        job_id: &str,
+        attempts_before: u32,
+        attempt: &Attempt,
+        now: f64,
+    ) -> Result<bool, JobError> {
+        let job_id = job_id.to_string();
+        let (status, http_status, error, due) = match attempt.clone() {
+            Attempt::Delivered { http_status } => ("success", Some(http_status), None, None),
+            Attempt::Retry { http_status, error, at } => ("pending", http_status, Some(error), Some(at)),
+            Attempt::Failed { http_status, error } => ("failed", http_status, Some(error), None),
+        };
+        let finished = due.is_none().then_some(now);
+        Ok(self
+            .call(move |inner| {
+                let changed = inner.conn.execute(
+                    "UPDATE jobs SET callback_status = ?3, callback_attempts = callback_attempts + 1, \
+                     callback_http_status = ?4, callback_last_error = ?5, callback_due_at = ?6, \
+                     callback_finished_at = ?7 \
+                     WHERE job_id = ?1 AND callback_attempts = ?2 AND callback_status = 'pending'",
+                    params![job_id, attempts_before, status, http_status, error, due, finished],
+                )?;
+                Ok(changed > 0)
             })
             .await?)
     }
@@ -558,14 +653,14 @@ impl GcLedger for Db {
     }
 }
 
-/// Libraries made before L3 lack the column; their drawings get
-/// thumbnails on the next rebuild.
-fn add_thumbnail_column(conn: &Connection) -> rusqlite::Result<()> {
+/// Databases made by earlier versions lack later columns (drawings get
+/// thumbnails on the next rebuild; old jobs have no callback).
+fn add_column(conn: &Connection, table: &str, column: &str, declaration: &str) -> rusqlite::Result<()> {
     let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('drawings') WHERE name = 'thumbnail'")?
-        .exists([])?;
+        .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+        .exists([column])?;
     if !has {
-        conn.execute_batch("ALTER TABLE drawings ADD COLUMN thumbnail BLOB")?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
     }
     Ok(())
 }

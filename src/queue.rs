@@ -24,6 +24,7 @@ use fred::types::scripts::Script;
 
 use std::time::{Duration, Instant};
 
+use crate::callback::{Attempt, Due, Event, Outbox};
 use crate::gc::{GcLedger, Run as GcRun, Totals as GcTotals};
 use crate::jobs::{
     CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
@@ -77,6 +78,11 @@ impl Keys {
 
     fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
+    }
+
+    /// Callbacks waiting to be sent, scored by when (the outbox).
+    fn callbacks(&self) -> String {
+        format!("{}:callbacks", self.prefix)
     }
 
     /// `dedup2d gc`'s totals (a hash; no TTL).
@@ -184,6 +190,8 @@ struct Scripts {
     requeue_dead: Script,
     replace_payload: Script,
     record_gc: Script,
+    take_callback: Script,
+    record_callback: Script,
 }
 
 /// KEYS: active, job, payload, tenant jobs, queue. ARGV: max, id, tenant,
@@ -197,6 +205,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {1, live} end
 if live >= tonumber(ARGV[1]) then return {0, live} end
 redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'tenant_id', ARGV[3], 'status', 'pending',
   'created_at', ARGV[4], 'attempt', 0, 'deliveries', 0, 'cancel_requested', 0, 'callback_url', ARGV[7])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'callback_status', 'pending') end
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6])
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[2])
@@ -260,7 +269,7 @@ end
 /// Returns the number of jobs reclaimed.
 const RECLAIM: &str = "return reclaimed";
 
-/// After [`RECLAIM_EXPIRED`]. KEYS: queue, leases, active, dead. ARGV:
+/// After [`RECLAIM_EXPIRED`]. KEYS: queue, leases, active, dead, callbacks. ARGV:
 /// now, lease seconds, max deliveries, prefix, ttl. Returns {kind,
 /// reclaimed, id, attempt, payload, created_at | error}. `attempt`, the
 /// fencing token, only ever grows; `deliveries` counts the runs that
@@ -287,6 +296,7 @@ while true do
       redis.call('SREM', KEYS[3], id)
       redis.call('RPUSH', KEYS[4], id)
       redis.call('EXPIRE', KEYS[4], ARGV[5])
+      if redis.call('HGET', job, 'callback_status') == 'pending' then redis.call('ZADD', KEYS[5], ARGV[1], id) end
       return {'failed', reclaimed, id, attempt, payload or '', refusal}
     end
     redis.call('HSET', job, 'status', 'in_progress', 'started_at', ARGV[1], 'attempt', attempt,
@@ -315,9 +325,10 @@ for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do keep(key, ARGV[4]) end
 return 1
 "#;
 
-/// KEYS: job, leases, active, result. ARGV: id, attempt, status, result,
-/// error, now, ttl. Returns 1 when recorded, also when this very
-/// outcome already was (a resent call whose reply was lost).
+/// KEYS: job, leases, active, result, callbacks. ARGV: id, attempt,
+/// status, result, error, now, ttl. Returns 1 when recorded, also when
+/// this very outcome already was (a resent call whose reply was lost).
+/// A job with a callback enters the outbox in the same step.
 const FINISH: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'status', 'attempt')
 if fields[1] == ARGV[3] and fields[2] == ARGV[2] then return 1 end
@@ -328,6 +339,7 @@ if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[1])
+if redis.call('HGET', KEYS[1], 'callback_status') == 'pending' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[1]) end
 return 1
 "#;
 
@@ -346,8 +358,9 @@ for _, key in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', key, A
 return 1
 "#;
 
-/// KEYS: job, active, queue, leases, payload. ARGV: id, tenant, now, ttl.
-/// Returns {outcome, status before, payload}.
+/// KEYS: job, active, queue, leases, payload, callbacks. ARGV: id,
+/// tenant, now, ttl. Returns {outcome, status before, payload}. A job
+/// canceled before it started skips its callback; a running one sends it.
 const CANCEL: &str = r#"
 local fields = redis.call('HMGET', KEYS[1], 'tenant_id', 'status')
 if not fields[1] then return {'not_found', '', ''} end
@@ -359,6 +372,14 @@ redis.call('EXPIRE', KEYS[5], ARGV[4])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HGET', KEYS[1], 'callback_status') == 'pending' then
+  if fields[2] == 'pending' then
+    redis.call('HSET', KEYS[1], 'callback_status', 'skipped', 'callback_last_error', 'canceled_before_start',
+      'callback_finished_at', ARGV[3])
+  else
+    redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1])
+  end
+end
 return {'canceled', fields[2], redis.call('GET', KEYS[5]) or ''}
 "#;
 
@@ -395,6 +416,44 @@ const REPLACE_PAYLOAD: &str = r#"
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+return 1
+"#;
+
+/// KEYS: callbacks. ARGV: now, hold, prefix. The earliest due callback,
+/// held until now + hold: {id, tenant, status, started_at, finished_at,
+/// error, url, attempts, result}; {} when none is due. Entries whose job
+/// expired or whose callback ended are dropped.
+const TAKE_CALLBACK: &str = r#"
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 20)) do
+  local job = ARGV[3] .. ':job:' .. id
+  local f = redis.call('HMGET', job, 'tenant_id', 'status', 'started_at', 'finished_at', 'error',
+    'callback_url', 'callback_attempts', 'callback_status')
+  if f[8] == 'pending' and f[6] and f[6] ~= '' then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+    return {id, f[1], f[2], f[3] or '', f[4] or '', f[5] or '', f[6], f[7] or '0',
+      redis.call('GET', ARGV[3] .. ':result:' .. id) or ''}
+  end
+  redis.call('ZREM', KEYS[1], id)
+end
+return {}
+"#;
+
+/// KEYS: job, callbacks, result. ARGV: id, attempts before, callback
+/// status, http status, error, next due ('' when it ended), now, ttl.
+/// Returns 0 (nothing written) when another deliverer took it since.
+const RECORD_CALLBACK: &str = r#"
+local f = redis.call('HMGET', KEYS[1], 'callback_status', 'callback_attempts')
+if f[1] ~= 'pending' or (f[2] or '0') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'callback_status', ARGV[3], 'callback_attempts', tonumber(ARGV[2]) + 1,
+  'callback_http_status', ARGV[4], 'callback_last_error', ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HSET', KEYS[1], 'callback_finished_at', ARGV[7])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end
 return 1
 "#;
 
@@ -453,6 +512,8 @@ impl RedisJobs {
                 requeue_dead: Script::from_lua(REQUEUE_DEAD),
                 replace_payload: Script::from_lua(REPLACE_PAYLOAD),
                 record_gc: Script::from_lua(RECORD_GC),
+                take_callback: Script::from_lua(TAKE_CALLBACK),
+                record_callback: Script::from_lua(RECORD_CALLBACK),
             },
         }
     }
@@ -498,6 +559,7 @@ impl RedisJobs {
             self.keys.leases(),
             self.keys.active(),
             self.keys.result(job_id),
+            self.keys.callbacks(),
         ];
         let args = vec![
             job_id.to_string(),
@@ -562,6 +624,71 @@ fn unavailable(e: impl std::fmt::Display) -> JobError {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, JobError> {
     serde_json::to_string(value).map_err(|e| JobError::Unavailable(format!("cannot encode a job: {e}")))
+}
+
+#[async_trait]
+impl Outbox for RedisJobs {
+    async fn take_due(&self, now: f64, hold: f64) -> Result<Option<Due>, JobError> {
+        let keys = vec![self.keys.callbacks()];
+        let args = vec![now.to_string(), hold.to_string(), self.keys.prefix.clone()];
+        let found: Vec<String> = self.run(&self.scripts.take_callback, keys, args).await?;
+        let Ok(
+            [
+                job_id,
+                tenant_id,
+                status,
+                started_at,
+                finished_at,
+                error,
+                url,
+                attempts,
+                result,
+            ],
+        ) = <[String; 9]>::try_from(found)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Due {
+            url,
+            attempts: attempts.parse().unwrap_or(0),
+            event: Event {
+                job_id,
+                tenant_id,
+                status,
+                started_at: started_at.parse().ok(),
+                finished_at: finished_at.parse().ok(),
+                result: serde_json::from_str(&result).ok(),
+                error: Some(error).filter(|e| !e.is_empty()),
+            },
+        }))
+    }
+
+    async fn record_attempt(
+        &self,
+        job_id: &str,
+        attempts_before: u32,
+        attempt: &Attempt,
+        now: f64,
+    ) -> Result<bool, JobError> {
+        let (status, http_status, error, due) = match attempt {
+            Attempt::Delivered { http_status } => ("success", Some(*http_status), "", None),
+            Attempt::Retry { http_status, error, at } => ("pending", *http_status, error.as_str(), Some(*at)),
+            Attempt::Failed { http_status, error } => ("failed", *http_status, error.as_str(), None),
+        };
+        let keys = vec![self.keys.job(job_id), self.keys.callbacks(), self.keys.result(job_id)];
+        let args = vec![
+            job_id.to_string(),
+            attempts_before.to_string(),
+            status.to_string(),
+            http_status.map(|s| s.to_string()).unwrap_or_default(),
+            error.to_string(),
+            due.map(|at| at.to_string()).unwrap_or_default(),
+            now.to_string(),
+            self.timing.ttl_seconds.to_string(),
+        ];
+        let recorded: i64 = self.run(&self.scripts.record_callback, keys, args).await?;
+        Ok(recorded == 1)
+    }
 }
 
 /// Payloads are read this many at a time.
@@ -687,6 +814,7 @@ impl JobStore for RedisJobs {
             self.keys.queue.clone(),
             self.keys.leases(),
             self.keys.payload(job_id),
+            self.keys.callbacks(),
         ];
         let args = vec![
             job_id.to_string(),
@@ -713,6 +841,7 @@ impl JobStore for RedisJobs {
             self.keys.leases(),
             self.keys.active(),
             self.keys.dead(),
+            self.keys.callbacks(),
         ];
         let args = vec![
             now.to_string(),

@@ -243,7 +243,7 @@ impl Backoff {
 
 /// Uniform in [0, 1): jitter does not need a cryptographic generator, and
 /// a fresh v4 uuid is random enough without another dependency.
-fn unit_random() -> f64 {
+pub(crate) fn unit_random() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 

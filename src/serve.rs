@@ -49,6 +49,7 @@ pub async fn run_on(listener: TcpListener, config: Config, shutdown: Cancellatio
             once: false,
         };
         tasks.push(tokio::spawn(runner::run(app.clone(), runners, shutdown.clone())));
+        tasks.push(tokio::spawn(deliver_callbacks(app.clone(), shutdown.clone())));
     }
     api::serve(listener, app.clone(), shutdown.clone(), grace).await;
     for task in tasks {
@@ -68,6 +69,11 @@ fn refuse_open_on_network(config: &Config, address: std::net::SocketAddr) -> any
         );
     }
     Ok(())
+}
+
+/// Sends ended jobs' callbacks; runs wherever runners run.
+pub(crate) async fn deliver_callbacks(app: Arc<App>, shutdown: CancellationToken) {
+    crate::callback::deliver(app.outbox.clone(), app.callbacks.clone(), shutdown).await;
 }
 
 /// Keeps this process's library indexes in step with other processes'

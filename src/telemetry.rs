@@ -32,6 +32,10 @@ pub const FILE_UPLOAD_BYTES: &str = "dedup2d_file_upload_bytes";
 pub const FILE_OPERATION_DURATION_SECONDS: &str = "dedup2d_file_operation_duration_seconds";
 pub const PAYLOAD_FORMAT_TOTAL: &str = "dedup2d_payload_format_total";
 pub const LEGACY_B64_FALLBACK_TOTAL: &str = "dedup2d_legacy_b64_fallback_total";
+pub const CALLBACKS_TOTAL: &str = "dedup2d_callbacks_total";
+pub const CALLBACK_DURATION_SECONDS: &str = "dedup2d_callback_duration_seconds";
+pub const CALLBACK_RETRIES_TOTAL: &str = "dedup2d_callback_retries_total";
+pub const CALLBACK_BLOCKED_TOTAL: &str = "dedup2d_callback_blocked_total";
 // `dedup2d gc` runs as a short-lived process and records each run in the job
 // store; the API and workers export these from that record, so each
 // process shows the same fleet-wide values (aggregate with max, not sum).
@@ -120,6 +124,17 @@ fn describe() {
     describe_counter!(FILE_DELETES_TOTAL, "File deletes in storage, by backend and status");
     describe_histogram!(FILE_UPLOAD_BYTES, Unit::Bytes, "Size of files written to storage");
     describe_histogram!(FILE_OPERATION_DURATION_SECONDS, Unit::Seconds, "Storage call latency");
+    describe_counter!(CALLBACKS_TOTAL, "Callbacks that ended, by status (success, failed)");
+    describe_histogram!(
+        CALLBACK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one callback POST"
+    );
+    describe_counter!(CALLBACK_RETRIES_TOTAL, "Callback attempts that will be tried again");
+    describe_counter!(
+        CALLBACK_BLOCKED_TOTAL,
+        "Callback URLs or addresses refused, by reason (private_network, scheme, allowlist, …)"
+    );
     describe_counter!(
         GC_RUNS_TOTAL,
         "Recorded `dedup2d gc` runs, fleet-wide, by mode (execute, dry_run)"
@@ -158,11 +173,25 @@ fn start_at_zero() {
         JOBS_DEAD_LETTERED_TOTAL,
         JOB_RETRIES_TOTAL,
         LEGACY_B64_FALLBACK_TOTAL,
+        CALLBACK_RETRIES_TOTAL,
     ] {
         metrics::counter!(name).absolute(0);
     }
     for format in crate::jobs::PayloadFormat::ALL {
         metrics::counter!(PAYLOAD_FORMAT_TOTAL, "format" => format.as_str()).absolute(0);
+    }
+    for status in ["success", "failed"] {
+        metrics::counter!(CALLBACKS_TOTAL, "status" => status).absolute(0);
+    }
+    for reason in [
+        "private_network",
+        "scheme",
+        "userinfo",
+        "allowlist",
+        "invalid_url",
+        "dns",
+    ] {
+        metrics::counter!(CALLBACK_BLOCKED_TOTAL, "reason" => reason).absolute(0);
     }
     for result in ["canceled", "already_finished"] {
         metrics::counter!(CANCEL_TOTAL, "result" => result).absolute(0);

@@ -78,6 +78,7 @@ pub async fn work(app: Arc<App>, metrics: TcpListener, once: bool, shutdown: Can
         tokio::spawn(api::serve_operations(metrics, app.clone(), side.clone())),
         tokio::spawn(crate::serve::upkeep(app.clone(), UPKEEP_EVERY, side.clone())),
         tokio::spawn(crate::serve::follow_library(app.clone(), side.clone())),
+        tokio::spawn(crate::serve::deliver_callbacks(app.clone(), side.clone())),
     ];
     match app.library.preload().await {
         Ok(loaded) => tracing::info!(

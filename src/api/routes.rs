@@ -109,14 +109,9 @@ impl Api {
     async fn search(&self, tenant: &str, request: Request<Incoming>) -> Reply {
         let query = Query::parse(request.uri().query());
         let params = query.search_params()?;
-        let wants_async = query.flag("async", false)?;
-        if query.text("callback_url").is_some() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "CALLBACK_UNSUPPORTED",
-                "callbacks are not available yet; poll poll_url instead",
-            ));
-        }
+        let callback_url = self.callback_url(&query).await?;
+        // A callback is sent when a job ends, so asking for one asks for a job.
+        let wants_async = query.flag("async", false)? || callback_url.is_some();
         let upload = self.read_upload(request).await?;
         let forced = self.forced_async_reason(&upload, &params);
         if !wants_async && forced.is_none() {
@@ -132,7 +127,7 @@ impl Api {
             ));
         }
         search::inspect(&self.app, upload.bytes.clone()).await?;
-        let job_id = self.enqueue(tenant, upload, params).await?;
+        let job_id = self.enqueue(tenant, upload, params, callback_url).await?;
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -146,7 +141,13 @@ impl Api {
 
     /// Stores the upload, then admits its job; the upload goes again if the
     /// job is refused, so a full queue keeps nothing.
-    async fn enqueue(&self, tenant: &str, upload: Upload, params: SearchParams) -> Result<String, ApiError> {
+    async fn enqueue(
+        &self,
+        tenant: &str,
+        upload: Upload,
+        params: SearchParams,
+        callback_url: Option<String>,
+    ) -> Result<String, ApiError> {
         let job_id = uuid::Uuid::new_v4().to_string();
         let files = &self.app.files;
         // Seed 003: while old workers still run, the bytes also travel inline.
@@ -164,7 +165,7 @@ impl Api {
                 file_ref: Some(file_ref.clone()),
                 file_bytes_b64,
                 request_params: params,
-                callback_url: None,
+                callback_url,
                 geom_json: upload.geom_json,
             },
         };
@@ -178,6 +179,23 @@ impl Api {
         metrics::counter!(t::JOBS_SUBMITTED_TOTAL).increment(1);
         self.app.job_admitted.notify_one();
         Ok(job_id)
+    }
+
+    /// CONTRACT §5's URL rules, checked before the upload is read.
+    async fn callback_url(&self, query: &Query) -> Result<Option<String>, ApiError> {
+        let Some(url) = query.text("callback_url").filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        self.app
+            .callbacks
+            .settings()
+            .check_at_submit(url)
+            .await
+            .map_err(|refusal| {
+                ApiError::new(StatusCode::BAD_REQUEST, "CALLBACK_URL_INVALID", refusal.to_string())
+                    .with("reason", refusal.as_str())
+            })?;
+        Ok(Some(url.to_string()))
     }
 
     fn forced_async_reason(&self, upload: &Upload, params: &SearchParams) -> Option<String> {

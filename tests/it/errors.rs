@@ -140,16 +140,29 @@ async fn bad_query_values_name_the_parameter() {
         (status, body["detail"]["error"].as_str()),
         (400, Some("INVALID_THRESHOLDS"))
     );
-    let (status, body) = server
-        .post(
-            "/search?async=true&callback_url=https://example.com/h",
-            Some(form(png(1), "a.png")),
-        )
-        .await;
-    assert_eq!(
-        (status, body["detail"]["error"].as_str()),
-        (400, Some("CALLBACK_UNSUPPORTED"))
-    );
+    for (url, reason) in [
+        ("http://example.com/h", "scheme"),
+        ("https://127.0.0.1/h", "private_network"),
+        ("https://[::1]:8443/h", "private_network"),
+        ("https://user:pw@example.com/h", "userinfo"),
+        ("example.com/h", "invalid_url"),
+    ] {
+        let (status, body) = server
+            .post(
+                &format!("/search?async=true&callback_url={url}"),
+                Some(form(png(1), "a.png")),
+            )
+            .await;
+        assert_eq!(
+            (
+                status,
+                body["detail"]["error"].as_str(),
+                body["detail"]["reason"].as_str()
+            ),
+            (400, Some("CALLBACK_URL_INVALID"), Some(reason)),
+            "{url}"
+        );
+    }
     let (status, body) = server.get("/jobs?status=done").await;
     assert_eq!(
         (status, body["detail"]["error"].as_str()),

@@ -2,6 +2,7 @@
 //! built binary. One test binary; shared support in `support/`.
 
 mod api;
+mod callbacks;
 mod distributed;
 mod errors;
 mod gc;

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod fixtures;
 pub mod process;
+pub mod receiver;
 pub mod redis;
 pub mod s3;
 pub mod server;

@@ -22,6 +22,7 @@ use crate::library::Library;
 use crate::queue::{Keys, Redis, RedisJobs, Timing};
 use crate::stats::StatsStore;
 use crate::store::Files;
+use crate::vision::Vision;
 
 pub struct App {
     pub config: Config,
@@ -33,6 +34,8 @@ pub struct App {
     /// Ended jobs' callbacks waiting to be sent, and what sends them.
     pub outbox: Arc<dyn Outbox>,
     pub callbacks: Arc<Sender>,
+    /// The external vision service, when it is the engine.
+    pub vision: Option<Arc<Vision>>,
     pub files: Arc<Files>,
     pub limits: Limits,
     backing: Backing,
@@ -111,6 +114,11 @@ impl App {
             callbacks: Arc::new(
                 Sender::new(Settings::from_config(&config)).context("cannot set up the callback HTTP client")?,
             ),
+            vision: crate::vision::Settings::from_config(&config)
+                .map(Vision::new)
+                .transpose()
+                .context("cannot set up the vision service's HTTP client")?
+                .map(Arc::new),
             files,
             limits: Limits::default(),
             backing,

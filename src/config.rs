@@ -194,6 +194,28 @@ const SETTINGS: &[Setting] = &[
     setting("callback_resolve_dns", &["DEDUP2D_CALLBACK_RESOLVE_DNS"], "0"),
     setting("callback_blocked_cidrs", &["DEDUP2D_CALLBACK_BLOCKED_CIDRS"], ""),
     setting("callback_allowed_cidrs", &["DEDUP2D_CALLBACK_ALLOWED_CIDRS"], ""),
+    // `vision` sends searches to the original's external vision service.
+    setting("engine", &["DEDUP2D_ENGINE"], "builtin"),
+    setting("vision_url", &["DEDUPCAD_VISION_URL"], ""),
+    setting("vision_timeout_seconds", &["DEDUPCAD_VISION_TIMEOUT_SECONDS"], "60"),
+    setting("vision_retry_attempts", &["DEDUPCAD_VISION_RETRY_ATTEMPTS"], "2"),
+    setting(
+        "vision_retry_base_seconds",
+        &["DEDUPCAD_VISION_RETRY_BASE_SECONDS"],
+        "0.5",
+    ),
+    setting("vision_retry_max_seconds", &["DEDUPCAD_VISION_RETRY_MAX_SECONDS"], "5"),
+    setting("vision_circuit_failures", &["DEDUPCAD_VISION_CIRCUIT_FAILURES"], "5"),
+    setting(
+        "vision_circuit_recovery_seconds",
+        &["DEDUPCAD_VISION_CIRCUIT_RECOVERY_SECONDS"],
+        "30",
+    ),
+    setting(
+        "vision_circuit_half_open_calls",
+        &["DEDUPCAD_VISION_CIRCUIT_HALF_OPEN_CALLS"],
+        "2",
+    ),
     setting("max_upload_bytes", &["DEDUP2D_MAX_UPLOAD_BYTES"], "52428800"),
     setting("max_concurrent_uploads", &["DEDUP2D_MAX_CONCURRENT_UPLOADS"], "64"),
     setting(
@@ -317,6 +339,16 @@ pub struct Config {
     pub callback_resolve_dns: bool,
     pub callback_blocked_cidrs: Vec<Cidr>,
     pub callback_allowed_cidrs: Vec<Cidr>,
+    /// The vision service's base URL when `engine = vision`; `None` runs
+    /// the built-in engine.
+    pub vision_url: Option<String>,
+    pub vision_timeout: Duration,
+    pub vision_retry_attempts: u32,
+    pub vision_retry_base: Duration,
+    pub vision_retry_max: Duration,
+    pub vision_circuit_failures: u32,
+    pub vision_circuit_recovery: Duration,
+    pub vision_circuit_half_open_calls: u32,
     pub max_upload_bytes: u64,
     pub max_concurrent_uploads: usize,
     pub forced_async_file_size_bytes: u64,
@@ -421,6 +453,14 @@ impl Config {
             callback_resolve_dns: v.flag("callback_resolve_dns")?,
             callback_blocked_cidrs: v.cidrs("callback_blocked_cidrs")?,
             callback_allowed_cidrs: v.cidrs("callback_allowed_cidrs")?,
+            vision_url: v.vision_url()?,
+            vision_timeout: v.fractional_seconds("vision_timeout_seconds", 0.1, 600.0)?,
+            vision_retry_attempts: v.in_range("vision_retry_attempts", 1, 10)?,
+            vision_retry_base: v.fractional_seconds("vision_retry_base_seconds", 0.0, 60.0)?,
+            vision_retry_max: v.fractional_seconds("vision_retry_max_seconds", 0.0, 600.0)?,
+            vision_circuit_failures: v.in_range("vision_circuit_failures", 1, 1000)?,
+            vision_circuit_recovery: v.fractional_seconds("vision_circuit_recovery_seconds", 0.1, 3600.0)?,
+            vision_circuit_half_open_calls: v.in_range("vision_circuit_half_open_calls", 1, 100)?,
             max_upload_bytes: v.in_range("max_upload_bytes", 1, 4 << 30)?,
             max_concurrent_uploads: v.in_range("max_concurrent_uploads", 1, 100_000)?,
             forced_async_file_size_bytes: v.parse("forced_async_file_size_bytes")?,
@@ -583,6 +623,21 @@ impl Values<'_> {
                 let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
                 self.invalid(key, format!("expected one of {}", names.join(", ")))
             })
+    }
+
+    fn vision_url(&self) -> Result<Option<String>, ConfigError> {
+        let vision = self.one_of("engine", &[("builtin", false), ("vision", true)])?;
+        let url = self.raw("vision_url");
+        if !vision {
+            return Ok(None);
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(self.invalid(
+                "vision_url",
+                "engine = vision needs the service's http:// or https:// base URL",
+            ));
+        }
+        Ok(Some(url.to_string()))
     }
 
     fn fractional_seconds(&self, key: &'static str, min: f64, max: f64) -> Result<Duration, ConfigError> {

@@ -14,7 +14,9 @@
 //! - [`calibrate`] measures how well the L2 hashes separate duplicates;
 //! - [`import`] bulk-adds a folder to a library through the API;
 //! - [`gc`] removes uploads no live job needs, [`migrate`] moves queued
-//!   inline payloads to stored files.
+//!   inline payloads to stored files;
+//! - [`callback`] delivers signed webhooks when jobs end; [`vision`] calls
+//!   the original's external vision service when it is the engine.
 
 pub mod api;
 pub mod app;
@@ -37,4 +39,5 @@ pub mod shutdown;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod vision;
 pub mod work;

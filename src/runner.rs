@@ -28,6 +28,7 @@ use crate::library::LibraryError;
 use crate::search;
 use crate::store::{FileRef, StoreError};
 use crate::telemetry as t;
+use crate::vision::VisionError;
 
 /// How often an idle runner looks for work it was not woken for: in the
 /// distributed mode jobs are admitted by other processes, which cannot wake
@@ -213,6 +214,10 @@ fn is_transient(error: &anyhow::Error) -> bool {
                 Some(LibraryError::Unavailable(_) | LibraryError::Store(StoreError::Unavailable(_)))
             )
             || matches!(cause.downcast_ref(), Some(JobError::Unavailable(_)))
+            || matches!(
+                cause.downcast_ref(),
+                Some(VisionError::Unavailable(_) | VisionError::Open { .. })
+            )
     })
 }
 
@@ -253,6 +258,10 @@ async fn execute(app: &App, job: &Claimed) -> anyhow::Result<serde_json::Value> 
     }
     let payload = &job.payload;
     let bytes = read_upload(app, payload).await?;
+    if let Some(vision) = &app.vision {
+        let params = &payload.request_params;
+        return Ok(search::by_vision(vision, &payload.file_name, &payload.content_type, bytes, params).await?);
+    }
     let (query, fingerprint_ms) = search::query(app, bytes.clone()).await?;
     let result = search::run(
         app,

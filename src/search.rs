@@ -12,6 +12,27 @@ use crate::library::LibraryError;
 pub use crate::library::Source;
 use crate::stats::TenantStats;
 use crate::telemetry as t;
+use crate::vision::{self, Vision, VisionError};
+
+/// The external vision service's result for a query (when it is the
+/// engine): its CONTRACT §3 answer as it is.
+pub async fn by_vision(
+    vision: &Vision,
+    file_name: &str,
+    content_type: &str,
+    bytes: Bytes,
+    params: &SearchParams,
+) -> Result<serde_json::Value, VisionError> {
+    metrics::counter!(t::SEARCH_MODE_TOTAL, "mode" => params.mode.as_str()).increment(1);
+    let request = vision::Request {
+        file_name,
+        content_type,
+        bytes,
+        mode: params.mode.as_str(),
+        max_results: u32::try_from(params.max_results).unwrap_or(u32::MAX),
+    };
+    vision.search(&request).await
+}
 
 /// Reads a drawing off the async threads.
 async fn blocking<T: Send + 'static>(

@@ -8,6 +8,7 @@ use crate::engine::EngineError;
 use crate::jobs::JobError;
 use crate::library::LibraryError;
 use crate::store::StoreError;
+use crate::vision::VisionError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -101,6 +102,17 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidGeometry(m) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "INVALID_GEOM_JSON", format!("geom_json: {m}"))
             }
+        }
+    }
+}
+
+impl From<VisionError> for ApiError {
+    fn from(e: VisionError) -> Self {
+        match e {
+            VisionError::Open { retry_after } => ApiError::unavailable("vision", &e)
+                .retry_after(u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX)),
+            VisionError::Unavailable(_) => ApiError::unavailable("vision", e),
+            VisionError::Refused(_) => ApiError::new(StatusCode::BAD_GATEWAY, "VISION_REFUSED", e.to_string()),
         }
     }
 }

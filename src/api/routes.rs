@@ -115,6 +115,11 @@ impl Api {
         let upload = self.read_upload(request).await?;
         let forced = self.forced_async_reason(&upload, &params);
         if !wants_async && forced.is_none() {
+            if let Some(vision) = &self.app.vision {
+                let result =
+                    search::by_vision(vision, &upload.file_name, &upload.content_type, upload.bytes, &params).await?;
+                return Ok(json_response(StatusCode::OK, &result));
+            }
             let (query, fingerprint_ms) = search::query(&self.app, upload.bytes.clone()).await?;
             let source = search::Source {
                 bytes: &upload.bytes,

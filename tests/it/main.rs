@@ -15,3 +15,4 @@ mod queue;
 mod storage;
 mod support;
 mod tenants;
+mod vision;

@@ -1,5 +1,6 @@
-//! A webhook receiver on loopback: answers each POST from a script of
-//! replies (then 200) and records what it got, for callback tests.
+//! An HTTP peer on loopback that dedup2d calls (a webhook receiver, a
+//! vision service stub): answers each request from a script of replies
+//! (then 200) and records what it got.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ pub struct Reply {
     pub retry_after: Option<&'static str>,
     /// Waits this long before answering (a receiver that hangs).
     pub delay: Duration,
+    pub body: &'static str,
 }
 
 impl Reply {
@@ -25,6 +27,7 @@ impl Reply {
             status,
             retry_after: None,
             delay: Duration::ZERO,
+            body: "ok",
         }
     }
 }
@@ -82,7 +85,8 @@ impl Receiver {
                         if let Some(value) = reply.retry_after {
                             response = response.header("Retry-After", value);
                         }
-                        Ok::<_, std::convert::Infallible>(response.body(Full::new(Bytes::from_static(b"ok"))).unwrap())
+                        let body = Full::new(Bytes::from_static(reply.body.as_bytes()));
+                        Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
                     }
                 });
                 tokio::spawn(async move {

@@ -64,6 +64,18 @@ pub enum Attempt {
     },
 }
 
+impl Attempt {
+    /// What the job records of it: the callback status, the HTTP status,
+    /// the error, and when to try again.
+    pub fn fields(&self) -> (&'static str, Option<u16>, Option<&str>, Option<f64>) {
+        match self {
+            Attempt::Delivered { http_status } => ("success", Some(*http_status), None, None),
+            Attempt::Retry { http_status, error, at } => ("pending", *http_status, Some(error), Some(*at)),
+            Attempt::Failed { http_status, error } => ("failed", *http_status, Some(error), None),
+        }
+    }
+}
+
 /// Where callbacks wait: the job store.
 #[async_trait]
 pub trait Outbox: Send + Sync {

@@ -548,11 +548,8 @@ impl Outbox for Db {
         now: f64,
     ) -> Result<bool, JobError> {
         let job_id = job_id.to_string();
-        let (status, http_status, error, due) = match attempt.clone() {
-            Attempt::Delivered { http_status } => ("success", Some(http_status), None, None),
-            Attempt::Retry { http_status, error, at } => ("pending", http_status, Some(error), Some(at)),
-            Attempt::Failed { http_status, error } => ("failed", http_status, Some(error), None),
-        };
+        let (status, http_status, error, due) = attempt.fields();
+        let error = error.map(str::to_string);
         let finished = due.is_none().then_some(now);
         Ok(self
             .call(move |inner| {

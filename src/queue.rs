@@ -670,18 +670,14 @@ impl Outbox for RedisJobs {
         attempt: &Attempt,
         now: f64,
     ) -> Result<bool, JobError> {
-        let (status, http_status, error, due) = match attempt {
-            Attempt::Delivered { http_status } => ("success", Some(*http_status), "", None),
-            Attempt::Retry { http_status, error, at } => ("pending", *http_status, error.as_str(), Some(*at)),
-            Attempt::Failed { http_status, error } => ("failed", *http_status, error.as_str(), None),
-        };
+        let (status, http_status, error, due) = attempt.fields();
         let keys = vec![self.keys.job(job_id), self.keys.callbacks(), self.keys.result(job_id)];
         let args = vec![
             job_id.to_string(),
             attempts_before.to_string(),
             status.to_string(),
             http_status.map(|s| s.to_string()).unwrap_or_default(),
-            error.to_string(),
+            error.unwrap_or_default().to_string(),
             due.map(|at| at.to_string()).unwrap_or_default(),
             now.to_string(),
             self.timing.ttl_seconds.to_string(),

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::jobs::JobError;
+use crate::outbound;
 use crate::telemetry as t;
 use net::{AddressPolicy, Refusal, Rules, VettedResolver};
 pub use sign::Event;
@@ -204,7 +205,7 @@ impl Sender {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = retry_after(&response);
+        let retry_after = outbound::retry_after(&response);
         drain(response).await;
         match status {
             200..=299 => Attempt::Delivered { http_status: status },
@@ -243,33 +244,14 @@ impl Sender {
             return Attempt::Failed { http_status, error };
         }
         metrics::counter!(t::CALLBACK_RETRIES_TOTAL).increment(1);
-        let wait = backoff(&self.settings, made).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+        let backoff = outbound::backoff(self.settings.backoff_base, self.settings.backoff_max, made);
+        let wait = backoff.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
         Attempt::Retry {
             http_status,
             error,
             at: now + wait.as_secs_f64(),
         }
     }
-}
-
-/// `base * 2^(n-1)` up to the maximum, times a jitter in [0.9, 1.1)
-/// (seed 004), so receivers that failed together are not hit together.
-fn backoff(settings: &Settings, attempts_made: u32) -> Duration {
-    let doubled = settings
-        .backoff_base
-        .saturating_mul(1u32 << attempts_made.saturating_sub(1).min(20));
-    doubled
-        .min(settings.backoff_max)
-        .mul_f64(0.9 + 0.2 * crate::runner::unit_random())
-}
-
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    if let Ok(seconds) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
 /// Reads what little of the body we allow, so the connection can be reused
@@ -371,31 +353,5 @@ async fn send_one(outbox: &dyn Outbox, sender: &Sender, due: Due) {
         Ok(false) => tracing::info!(message = "callback was taken over by another deliverer", job_id),
         // The hold runs out and another deliverer sends it again.
         Err(error) => tracing::warn!(message = "cannot record a callback attempt", job_id, %error),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> Settings {
-        Settings {
-            secret: None,
-            max_attempts: 3,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(10),
-            timeout: Duration::from_secs(10),
-            resolve_at_submit: false,
-            rules: Rules::default(),
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_maximum_with_a_tenth_of_jitter() {
-        let settings = settings();
-        for (made, expected) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (40, 10.0)] {
-            let wait = backoff(&settings, made).as_secs_f64();
-            assert!(wait >= expected * 0.9 && wait < expected * 1.1, "{made}: {wait}");
-        }
     }
 }

@@ -143,6 +143,13 @@ impl Db {
                 recovered
             );
         }
+        // Databases of earlier versions could end a job without queueing
+        // its callback; send those now rather than never.
+        conn.execute(
+            "UPDATE jobs SET callback_due_at = finished_at WHERE callback_status = 'pending' \
+             AND callback_due_at IS NULL AND status IN ('completed', 'failed', 'canceled')",
+            [],
+        )?;
         let live_jobs: u64 = conn.query_row(
             "SELECT count(*) FROM jobs WHERE status IN ('pending', 'in_progress')",
             [],
@@ -411,7 +418,9 @@ impl JobStore for Db {
                 let changed = inner
                     .conn
                     .prepare_cached(
-                        "UPDATE jobs SET status = ?3, result = ?4, error = ?5, finished_at = ?6, expires_at = ?7 \
+                        // The callback enters the outbox in the same statement.
+                        "UPDATE jobs SET status = ?3, result = ?4, error = ?5, finished_at = ?6, expires_at = ?7, \
+                         callback_due_at = CASE WHEN callback_status = 'pending' THEN ?6 END \
                      WHERE job_id = ?1 AND attempt = ?2 AND status = 'in_progress'",
                     )?
                     .execute(params![
@@ -425,7 +434,6 @@ impl JobStore for Db {
                     ])?;
                 if changed > 0 {
                     inner.live_jobs = inner.live_jobs.saturating_sub(1);
-                    inner.conn.prepare_cached(CALLBACK_DUE)?.execute(params![job_id, now])?;
                 }
                 Ok(changed > 0)
             })
@@ -508,7 +516,8 @@ impl Outbox for Db {
                 let due = tx
                     .query_row(
                         "SELECT job_id, tenant_id, status, started_at, finished_at, result, error, callback_url, \
-                         callback_attempts FROM jobs WHERE callback_due_at <= ?1 ORDER BY callback_due_at LIMIT 1",
+                         callback_attempts FROM jobs WHERE callback_due_at <= ?1 \
+                         AND status IN ('completed', 'failed', 'canceled') ORDER BY callback_due_at LIMIT 1",
                         [now],
                         |r| {
                             let result: Option<String> = r.get(5)?;

@@ -31,6 +31,7 @@ pub mod import;
 pub mod jobs;
 pub mod library;
 pub mod migrate;
+pub mod outbound;
 pub mod queue;
 pub mod runner;
 pub mod search;

@@ -394,6 +394,12 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if fields[1] == 'failed' and redis.call('EXISTS', ARGV[1] .. ':payload:' .. id) == 1 then
     redis.call('HSET', job, 'status', 'pending', 'deliveries', 0)
     redis.call('HDEL', job, 'error', 'finished_at', 'started_at')
+    -- The replay's outcome gets its own callback, whatever the failure's did.
+    if (redis.call('HGET', job, 'callback_url') or '') ~= '' then
+      redis.call('ZREM', ARGV[1] .. ':callbacks', id)
+      redis.call('HSET', job, 'callback_status', 'pending', 'callback_attempts', 0)
+      redis.call('HDEL', job, 'callback_http_status', 'callback_last_error', 'callback_finished_at')
+    end
     redis.call('SADD', KEYS[3], id)
     redis.call('RPUSH', KEYS[2], id)
     local tenant_jobs = ARGV[1] .. ':tenant:' .. fields[2] .. ':jobs'
@@ -428,7 +434,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT
   local job = ARGV[3] .. ':job:' .. id
   local f = redis.call('HMGET', job, 'tenant_id', 'status', 'started_at', 'finished_at', 'error',
     'callback_url', 'callback_attempts', 'callback_status')
-  if f[8] == 'pending' and f[6] and f[6] ~= '' then
+  local ended = f[2] == 'completed' or f[2] == 'failed' or f[2] == 'canceled'
+  if f[8] == 'pending' and ended and f[6] and f[6] ~= '' then
     redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
     return {id, f[1], f[2], f[3] or '', f[4] or '', f[5] or '', f[6], f[7] or '0',
       redis.call('GET', ARGV[3] .. ':result:' .. id) or ''}
@@ -440,7 +447,9 @@ return {}
 
 /// KEYS: job, callbacks, result. ARGV: id, attempts before, callback
 /// status, http status, error, next due ('' when it ended), now, ttl.
-/// Returns 0 (nothing written) when another deliverer took it since.
+/// Returns 0 (nothing written) when another deliverer took it since. The
+/// job's keys live a TTL past the next try, however far a receiver's
+/// Retry-After put it.
 const RECORD_CALLBACK: &str = r#"
 local f = redis.call('HMGET', KEYS[1], 'callback_status', 'callback_attempts')
 if f[1] ~= 'pending' or (f[2] or '0') ~= ARGV[2] then return 0 end
@@ -452,8 +461,10 @@ else
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('HSET', KEYS[1], 'callback_finished_at', ARGV[7])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[8])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ARGV[8]) end
+local ttl = tonumber(ARGV[8])
+if ARGV[6] ~= '' then ttl = ttl + math.max(0, math.ceil(tonumber(ARGV[6]) - tonumber(ARGV[7]))) end
+redis.call('EXPIRE', KEYS[1], ttl)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) end
 return 1
 "#;
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::outbound;
 use crate::telemetry as t;
 
 #[derive(Debug, Clone)]
@@ -84,6 +85,79 @@ struct Breaker {
     half_open_calls: u32,
 }
 
+/// Leave to make one call. It must report how the call went; one dropped
+/// unreported (a canceled job, a client gone) gives its trial slot back,
+/// so abandoned trials cannot hold the circuit half-open for ever.
+struct Permit<'a> {
+    breaker: &'a Breaker,
+    /// Admitted as one of the half-open trial calls.
+    trial: bool,
+    reported: bool,
+}
+
+impl Permit<'_> {
+    fn succeeded(mut self) {
+        self.reported = true;
+        let trial = self.trial;
+        self.breaker.update(|state| match state {
+            State::HalfOpen { succeeded, .. } if trial && succeeded + 1 >= self.breaker.half_open_calls => {
+                (State::Closed { failures: 0 }, ())
+            }
+            State::HalfOpen { in_flight, succeeded } if trial => (
+                State::HalfOpen {
+                    in_flight: in_flight.saturating_sub(1),
+                    succeeded: succeeded + 1,
+                },
+                (),
+            ),
+            State::Closed { .. } => (State::Closed { failures: 0 }, ()),
+            // A call sent before the circuit opened says nothing of now.
+            other => (other, ()),
+        })
+    }
+
+    fn failed(mut self, now: Instant) {
+        self.reported = true;
+        let (trial, breaker) = (self.trial, self.breaker);
+        breaker.update(|state| match state {
+            State::Closed { failures } if failures + 1 < breaker.failures_to_open => {
+                (State::Closed { failures: failures + 1 }, ())
+            }
+            State::Closed { .. } => (
+                State::Open {
+                    until: now + breaker.recovery,
+                },
+                (),
+            ),
+            State::HalfOpen { .. } if trial => (
+                State::Open {
+                    until: now + breaker.recovery,
+                },
+                (),
+            ),
+            other => (other, ()),
+        })
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.reported || !self.trial {
+            return;
+        }
+        self.breaker.update(|state| match state {
+            State::HalfOpen { in_flight, succeeded } => (
+                State::HalfOpen {
+                    in_flight: in_flight.saturating_sub(1),
+                    succeeded,
+                },
+                (),
+            ),
+            other => (other, ()),
+        })
+    }
+}
+
 impl Breaker {
     fn new(settings: &Settings) -> Breaker {
         metrics::gauge!(t::VISION_CIRCUIT_STATE).set(0.0);
@@ -95,9 +169,9 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go out now.
-    fn admit(&self, now: Instant) -> Result<(), VisionError> {
-        self.update(|state| match state {
+    /// Leave for a call now, or how long to wait.
+    fn admit(&self, now: Instant) -> Result<Permit<'_>, VisionError> {
+        let trial = self.update(|state| match state {
             State::Open { until } if now < until => (
                 state,
                 Err(VisionError::Open {
@@ -109,14 +183,14 @@ impl Breaker {
                     in_flight: 1,
                     succeeded: 0,
                 },
-                Ok(()),
+                Ok(true),
             ),
             State::HalfOpen { in_flight, succeeded } if in_flight + succeeded < self.half_open_calls => (
                 State::HalfOpen {
                     in_flight: in_flight + 1,
                     succeeded,
                 },
-                Ok(()),
+                Ok(true),
             ),
             // The trial calls are out; the others wait for their verdict.
             State::HalfOpen { .. } => (
@@ -125,39 +199,12 @@ impl Breaker {
                     retry_after: Duration::from_secs(1),
                 }),
             ),
-            closed => (closed, Ok(())),
-        })
-    }
-
-    fn succeeded(&self) {
-        self.update(|state| match state {
-            State::HalfOpen { succeeded, .. } if succeeded + 1 >= self.half_open_calls => {
-                (State::Closed { failures: 0 }, ())
-            }
-            State::HalfOpen { in_flight, succeeded } => (
-                State::HalfOpen {
-                    in_flight: in_flight.saturating_sub(1),
-                    succeeded: succeeded + 1,
-                },
-                (),
-            ),
-            State::Open { .. } => (state, ()),
-            State::Closed { .. } => (State::Closed { failures: 0 }, ()),
-        })
-    }
-
-    fn failed(&self, now: Instant) {
-        self.update(|state| match state {
-            State::Closed { failures } if failures + 1 < self.failures_to_open => {
-                (State::Closed { failures: failures + 1 }, ())
-            }
-            State::Open { .. } => (state, ()),
-            _ => (
-                State::Open {
-                    until: now + self.recovery,
-                },
-                (),
-            ),
+            closed => (closed, Ok(false)),
+        })?;
+        Ok(Permit {
+            breaker: self,
+            trial,
+            reported: false,
         })
     }
 
@@ -213,24 +260,28 @@ impl Vision {
     pub async fn search(&self, request: &Request<'_>) -> Result<serde_json::Value, VisionError> {
         let mut last = String::new();
         for attempt in 1..=self.settings.attempts {
-            self.breaker.admit(Instant::now())?;
+            let permit = self.breaker.admit(Instant::now())?;
             match self.call(request).await {
                 Call::Answer(result) => {
-                    self.breaker.succeeded();
+                    permit.succeeded();
                     return Ok(result);
                 }
                 Call::Refused(reason) => {
                     // The service answered: it is up, the request was wrong.
-                    self.breaker.succeeded();
+                    permit.succeeded();
                     return Err(VisionError::Refused(reason));
                 }
                 Call::Transient(reason, retry_after) => {
-                    self.breaker.failed(Instant::now());
+                    permit.failed(Instant::now());
                     last = reason;
-                    if attempt < self.settings.attempts {
-                        let wait = self.backoff(attempt).max(retry_after.unwrap_or_default());
-                        tokio::time::sleep(wait.min(self.settings.backoff_max)).await;
+                    let backoff = outbound::backoff(self.settings.backoff_base, self.settings.backoff_max, attempt);
+                    let wait = backoff.max(retry_after.unwrap_or_default());
+                    // A service that asks for more patience than a search
+                    // has gets its answer now: unavailable, try later.
+                    if attempt == self.settings.attempts || wait > self.settings.backoff_max {
+                        break;
                     }
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
@@ -266,24 +317,11 @@ impl Vision {
         metrics::histogram!(t::VISION_REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         call
     }
-
-    /// Jittered like callbacks' (seed 004: ×[0.9, 1.1)).
-    fn backoff(&self, attempt: u32) -> Duration {
-        self.settings
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.settings.backoff_max)
-            .mul_f64(0.9 + 0.2 * crate::runner::unit_random())
-    }
 }
 
 async fn answer(response: reqwest::Response) -> Call {
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-        .map(Duration::from_secs);
+    let retry_after = outbound::retry_after(&response);
     match status {
         200..=299 => match response.json::<serde_json::Value>().await {
             Ok(result) if result.is_object() => Call::Answer(result),
@@ -312,39 +350,57 @@ mod tests {
         }
     }
 
+    fn state(breaker: &Breaker) -> State {
+        *breaker.state.lock().unwrap()
+    }
+
     #[test]
     fn the_breaker_opens_after_consecutive_failures_and_closes_after_its_trials() {
         let breaker = Breaker::new(&settings());
         let start = Instant::now();
         for _ in 0..4 {
-            breaker.admit(start).unwrap();
-            breaker.failed(start);
+            breaker.admit(start).unwrap().failed(start);
         }
-        breaker.admit(start).unwrap();
-        breaker.succeeded();
+        breaker.admit(start).unwrap().succeeded();
+        // A call sent before the circuit opened, answering after.
+        let late = breaker.admit(start).unwrap();
         for _ in 0..5 {
-            breaker.admit(start).unwrap();
-            breaker.failed(start);
+            breaker.admit(start).unwrap().failed(start);
         }
+        late.succeeded();
         let Err(VisionError::Open { retry_after }) = breaker.admit(start + Duration::from_secs(10)) else {
             panic!("open")
         };
         assert_eq!(retry_after, Duration::from_secs(20));
         let later = start + Duration::from_secs(31);
-        breaker.admit(later).unwrap();
-        breaker.admit(later).unwrap();
+        let (first, second) = (breaker.admit(later).unwrap(), breaker.admit(later).unwrap());
         assert!(breaker.admit(later).is_err(), "only two trial calls");
-        breaker.succeeded();
-        breaker.succeeded();
-        assert_eq!(*breaker.state.lock().unwrap(), State::Closed { failures: 0 });
+        first.succeeded();
+        second.succeeded();
+        assert_eq!(state(&breaker), State::Closed { failures: 0 });
+
         // A failed trial opens it again.
         for _ in 0..5 {
-            breaker.admit(later).unwrap();
-            breaker.failed(later);
+            breaker.admit(later).unwrap().failed(later);
         }
         let again = later + Duration::from_secs(31);
-        breaker.admit(again).unwrap();
-        breaker.failed(again);
+        breaker.admit(again).unwrap().failed(again);
         assert!(matches!(breaker.admit(again), Err(VisionError::Open { .. })));
+    }
+
+    #[test]
+    fn trials_dropped_unreported_give_their_slot_back() {
+        let breaker = Breaker::new(&settings());
+        let start = Instant::now();
+        for _ in 0..5 {
+            breaker.admit(start).unwrap().failed(start);
+        }
+        let later = start + Duration::from_secs(31);
+        drop(breaker.admit(later).unwrap());
+        drop(breaker.admit(later).unwrap());
+        let (first, second) = (breaker.admit(later).unwrap(), breaker.admit(later).unwrap());
+        first.succeeded();
+        second.succeeded();
+        assert_eq!(state(&breaker), State::Closed { failures: 0 });
     }
 }

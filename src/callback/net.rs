@@ -124,8 +124,11 @@ const SPECIAL: &[Cidr] = &[
     Cidr::v4(203, 0, 113, 0, 24),
     Cidr::v4(224, 0, 0, 0, 4),
     Cidr::v4(240, 0, 0, 0, 4),
-    Cidr::v6([0, 0, 0, 0, 0, 0, 0, 0], 128),
-    Cidr::v6([0, 0, 0, 0, 0, 0, 0, 1], 128),
+    // Unspecified, loopback and the deprecated IPv4-compatible ::a.b.c.d.
+    Cidr::v6([0, 0, 0, 0, 0, 0, 0, 0], 96),
+    // IPv4-translated (::ffff:0:a.b.c.d) and local-use NAT64.
+    Cidr::v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96),
+    Cidr::v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
     Cidr::v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),
     Cidr::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),
     Cidr::v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),
@@ -238,11 +241,16 @@ impl Rules {
     }
 }
 
+/// A name that does not resolve in this long is treated as unresolvable.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The addresses of `name` that the policy allows; refused when none is.
 async fn vetted(policy: &AddressPolicy, name: &str) -> Result<Vec<SocketAddr>, Refusal> {
-    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name, 0))
+    let unresolvable = || Refusal::Unresolvable(name.to_string());
+    let resolved: Vec<SocketAddr> = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((name, 0)))
         .await
-        .map_err(|_| Refusal::Unresolvable(name.to_string()))?
+        .map_err(|_| unresolvable())?
+        .map_err(|_| unresolvable())?
         .collect();
     let first_refused = resolved.iter().find(|a| !policy.allows(a.ip())).map(|a| a.ip());
     let allowed: Vec<SocketAddr> = resolved.iter().copied().filter(|a| policy.allows(a.ip())).collect();
@@ -299,6 +307,9 @@ mod tests {
             "fe80::1",
             "ff02::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::ffff:0:7f00:1",
+            "64:ff9b:1::a00:1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "2002:a00:1::",

@@ -281,3 +281,62 @@ async fn a_callback_whose_worker_died_mid_send_is_sent_by_another() {
     assert_eq!(got[0].body, got[1].body);
     assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
 }
+
+#[tokio::test]
+async fn on_redis_refusals_fail_and_cancels_skip_or_report() {
+    let cluster = Cluster::start().await;
+    let receiver = Receiver::start(vec![Reply::status(410)]).await;
+    let mut env = LOCAL_RECEIVERS.to_vec();
+    env.push(("DEDUP2D_JOB_DELAY_MS", "1500"));
+    let api = cluster.api(&env).await;
+    let _worker = cluster
+        .worker(&[env.as_slice(), &[("DEDUP2D_WORKER_MAX_JOBS", "1")]].concat())
+        .await;
+
+    let refused = job_with_callback(&api, &receiver.url("/refused")).await;
+    api.wait_status(&refused, &["in_progress"]).await;
+    let pending = job_with_callback(&api, &receiver.url("/pending")).await;
+    api.post(&format!("/jobs/{pending}/cancel"), None).await;
+    let job = callback_ended(&api, &refused).await;
+    assert_eq!(
+        (job["callback_status"].as_str(), job["callback_http_status"].as_u64()),
+        (Some("failed"), Some(410)),
+        "{job}"
+    );
+    let skipped = callback_ended(&api, &pending).await;
+    assert_eq!(skipped["callback_last_error"], "canceled_before_start", "{skipped}");
+
+    let running = job_with_callback(&api, &receiver.url("/running")).await;
+    api.wait_status(&running, &["in_progress"]).await;
+    api.post(&format!("/jobs/{running}/cancel"), None).await;
+    let reported = callback_ended(&api, &running).await;
+    assert_eq!(reported["callback_status"], "success", "{reported}");
+    let paths: Vec<String> = receiver.wait_for(2).await.into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/refused", "/running"]);
+}
+
+#[tokio::test]
+async fn an_embedded_server_killed_mid_send_sends_the_callback_after_its_restart() {
+    let receiver = Receiver::start(vec![Reply {
+        delay: Duration::from_secs(30),
+        ..Reply::status(200)
+    }])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = LOCAL_RECEIVERS.to_vec();
+    env.push(("DEDUP2D_CALLBACK_TIMEOUT_SECONDS", "2"));
+    let mut first = Served::start(dir.path(), free_port(), &env).await;
+    let server = TestServer::attach(&first.base, dir.path());
+    let job_id = job_with_callback(&server, &receiver.url("/hook")).await;
+    receiver.wait_for(1).await;
+    first.kill_9();
+
+    let second = Served::start(dir.path(), free_port(), &env).await;
+    let server = TestServer::attach(&second.base, dir.path());
+    let job = callback_ended(&server, &job_id).await;
+    assert_eq!(
+        (job["status"].as_str(), job["callback_status"].as_str()),
+        (Some("completed"), Some("success"))
+    );
+    assert_eq!(receiver.received().len(), 2);
+}

@@ -105,6 +105,10 @@ impl App {
                 )
             }
         };
+        // gc deletes only if the job store names the uploads it sweeps.
+        if let Err(error) = gc.set_storage_location(&files.uploads_location()).await {
+            tracing::warn!(message = "cannot record the uploads location for dedup2d gc", %error);
+        }
         Ok(Arc::new(App {
             jobs,
             library,

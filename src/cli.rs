@@ -392,10 +392,13 @@ fn gc(config: Config, args: &GcArgs) -> anyhow::Result<()> {
         print!("{}", run.render());
     }
     if run.failed > 0 {
-        bail!("{} uploads could not be deleted", run.failed);
+        bail!("{} uploads could not be deleted, or the listing failed", run.failed);
     }
     if run.interrupted {
         bail!("gc was interrupted; the run is recorded as far as it went");
+    }
+    if let Some(error) = &run.record_error {
+        bail!("the run could not be recorded in the job store: {error}");
     }
     Ok(())
 }

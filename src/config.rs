@@ -438,8 +438,7 @@ impl Config {
             file_storage: v.storage()?,
             file_storage_dir,
             file_storage_cleanup_on_finish: v.cleanup_on_finish()?,
-            file_storage_retention: Some(v.seconds_up_to("file_storage_retention_seconds", 0, 365 * 24 * 3600)?)
-                .filter(|d| !d.is_zero()),
+            file_storage_retention: v.retention()?,
             job_payload_include_bytes_b64: v.flag("job_payload_include_bytes_b64")?,
             job_payload_bytes_b64_max_bytes: v.in_range("job_payload_bytes_b64_max_bytes", 0, 512 << 20)?,
             callback_hmac_secret: Some(v.raw("callback_hmac_secret").to_string()).filter(|s| !s.is_empty()),
@@ -623,6 +622,18 @@ impl Values<'_> {
                 let names: Vec<_> = choices.iter().map(|(n, _)| *n).collect();
                 self.invalid(key, format!("expected one of {}", names.join(", ")))
             })
+    }
+
+    /// 0 is off; otherwise at least a minute, which covers the moment
+    /// between an upload being stored and its job admitted, and clock skew
+    /// between us and the storage.
+    fn retention(&self) -> Result<Option<Duration>, ConfigError> {
+        let key = "file_storage_retention_seconds";
+        let retention = self.seconds_up_to(key, 0, 365 * 24 * 3600)?;
+        if !retention.is_zero() && retention < Duration::from_secs(60) {
+            return Err(self.invalid(key, "must be 0 (gc off) or at least 60"));
+        }
+        Ok(Some(retention).filter(|d| !d.is_zero()))
     }
 
     fn vision_url(&self) -> Result<Option<String>, ConfigError> {
@@ -874,6 +885,8 @@ mod tests {
         assert_eq!(off.file_storage_retention, None);
         let flag = load(None, &[], &[("file_storage_retention_seconds", "60")]).unwrap();
         assert_eq!(flag.file_storage_retention, Some(Duration::from_secs(60)));
+        let err = load(None, &[], &[("file_storage_retention_seconds", "5")]).unwrap_err();
+        assert!(err.to_string().contains("at least 60"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,6 @@ use crate::jobs::{
 };
 use crate::library::{Drawing, LibraryError, LibraryStore};
 use crate::stats::{StatsError, StatsStore, TenantStats};
-use crate::store::FileRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -39,6 +38,24 @@ pub enum DbError {
 /// Puts an ended job's callback in the outbox (a no-op without one).
 /// Params: job id, now.
 const CALLBACK_DUE: &str = "UPDATE jobs SET callback_due_at = ?2 WHERE job_id = ?1 AND callback_status = 'pending'";
+
+/// What `dedup2d gc` keeps, also when it opens the database beside `serve`.
+const GC_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS gc_runs (
+    run_id TEXT PRIMARY KEY,
+    dry_run INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    deleted INTEGER NOT NULL,
+    bytes_freed INTEGER NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -76,15 +93,6 @@ CREATE TABLE IF NOT EXISTS drawings (
     PRIMARY KEY (tenant_id, drawing_id)
 );
 CREATE INDEX IF NOT EXISTS drawings_by_age ON drawings(tenant_id, created_at);
-CREATE TABLE IF NOT EXISTS gc_runs (
-    run_id TEXT PRIMARY KEY,
-    dry_run INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL NOT NULL,
-    deleted INTEGER NOT NULL,
-    bytes_freed INTEGER NOT NULL,
-    summary TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS tenant_stats (
     tenant_id TEXT PRIMARY KEY,
     processed INTEGER NOT NULL DEFAULT 0,
@@ -127,6 +135,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "normal")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(GC_SCHEMA)?;
         add_column(&conn, "drawings", "thumbnail", "BLOB")?;
         add_column(&conn, "jobs", "callback_url", "TEXT")?;
         add_column(&conn, "jobs", "callback_due_at", "REAL")?;
@@ -168,8 +177,9 @@ impl Db {
     /// Opens an existing database without the data-dir lock, for a tool
     /// that runs while `serve` owns it and only reads jobs and records GC
     /// runs (`dedup2d gc`); SQLite's own locking orders the writes. A
-    /// missing database is an error, not a new empty one: a wrong data dir
-    /// must not look like a store without live jobs.
+    /// missing database, or one without jobs table, is an error, not a new
+    /// empty one: a wrong data dir must not look like a store without live
+    /// jobs.
     pub fn open_beside(data_dir: &Path) -> Result<Db, DbError> {
         let path = data_dir.join("dedup2d.db");
         let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|e| {
@@ -179,7 +189,16 @@ impl Db {
             }
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let has_jobs = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'")?
+            .exists([])?;
+        if !has_jobs {
+            return Err(DbError::Open {
+                path: path.display().to_string(),
+                reason: "it holds no jobs table (is DEDUP2D_DATA_DIR the data dir `serve` uses?)".into(),
+            });
+        }
+        conn.execute_batch(GC_SCHEMA)?;
         Ok(Db {
             inner: Arc::new(Mutex::new(Inner {
                 conn,
@@ -577,25 +596,40 @@ impl Outbox for Db {
 
 #[async_trait]
 impl GcLedger for Db {
-    async fn live_files(&self) -> Result<Vec<FileRef>, JobError> {
+    async fn live_payloads(&self) -> Result<Vec<String>, JobError> {
         Ok(self
             .call(|inner| {
                 let mut statement = inner
                     .conn
                     .prepare("SELECT payload FROM jobs WHERE status IN ('pending', 'in_progress')")?;
                 let payloads = statement.query_map([], |row| row.get::<_, String>(0))?;
-                let mut files = Vec::new();
-                for payload in payloads {
-                    // A payload that does not read fails its job at the
-                    // claim; it needs no file.
-                    if let Ok(Payload {
-                        file_ref: Some(file), ..
-                    }) = serde_json::from_str(&payload?)
-                    {
-                        files.push(file);
-                    }
-                }
-                Ok(files)
+                Ok(payloads.collect::<rusqlite::Result<Vec<String>>>()?)
+            })
+            .await?)
+    }
+
+    async fn storage_location(&self) -> Result<Option<String>, JobError> {
+        Ok(self
+            .call(|inner| {
+                Ok(inner
+                    .conn
+                    .query_row("SELECT value FROM meta WHERE key = 'uploads_location'", [], |r| {
+                        r.get(0)
+                    })
+                    .optional()?)
+            })
+            .await?)
+    }
+
+    async fn set_storage_location(&self, location: &str) -> Result<(), JobError> {
+        let location = location.to_string();
+        Ok(self
+            .call(move |inner| {
+                inner.conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('uploads_location', ?1)",
+                    [location],
+                )?;
+                Ok(())
             })
             .await?)
     }
@@ -606,8 +640,9 @@ impl GcLedger for Db {
         Ok(self
             .call(move |inner| {
                 inner.conn.execute(
-                    "INSERT OR IGNORE INTO gc_runs (run_id, dry_run, started_at, finished_at, deleted, bytes_freed, summary) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO gc_runs \
+                     (run_id, dry_run, started_at, finished_at, deleted, bytes_freed, summary, complete) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         run.run_id,
                         run.dry_run,
@@ -615,7 +650,8 @@ impl GcLedger for Db {
                         run.finished_at,
                         run.deleted,
                         run.bytes_freed,
-                        summary
+                        summary,
+                        run.complete()
                     ],
                 )?;
                 Ok(())
@@ -644,7 +680,7 @@ impl GcLedger for Db {
                 let last: Option<(f64, f64)> = inner
                     .conn
                     .query_row(
-                        "SELECT started_at, finished_at FROM gc_runs WHERE NOT dry_run ORDER BY finished_at DESC LIMIT 1",
+                        "SELECT started_at, finished_at FROM gc_runs WHERE complete ORDER BY finished_at DESC LIMIT 1",
                         [],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )

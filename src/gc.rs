@@ -11,6 +11,13 @@
 //! written before it belongs to a job already in the set, unless its job
 //! was admitted more than the retention after its upload was stored.
 //! Dry run unless `execute`.
+//!
+//! A gc pointed at the wrong job store would see no live jobs, and one
+//! with other storage settings than the service's could not tell which
+//! files the live jobs mean, so `execute` refuses to delete unless the job
+//! store carries the service's uploads location (every `serve` and `work`
+//! records it at start-up) and it is gc's own, and unless every live job's
+//! `file_ref` lies in gc's uploads area.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,9 +42,12 @@ const PARALLEL_DELETES: usize = 16;
 /// Where GC learns what is live and records its runs: the job store.
 #[async_trait]
 pub trait GcLedger: Send + Sync {
-    /// The files pending and running jobs still read (on Redis also those
-    /// of dead-lettered jobs, which `work --requeue-dead` runs again).
-    async fn live_files(&self) -> Result<Vec<FileRef>, JobError>;
+    /// The payloads (JSON) of pending and running jobs (on Redis also of
+    /// dead-lettered jobs, which `work --requeue-dead` runs again).
+    async fn live_payloads(&self) -> Result<Vec<String>, JobError>;
+    /// Where the service stores uploads ([`Files::uploads_location`]).
+    async fn storage_location(&self) -> Result<Option<String>, JobError>;
+    async fn set_storage_location(&self, location: &str) -> Result<(), JobError>;
     /// Adds a run to the record; recording one run twice counts it once.
     async fn record_gc(&self, run: &Run) -> Result<(), JobError>;
     async fn gc_totals(&self) -> Result<Totals, JobError>;
@@ -64,13 +74,28 @@ pub struct Run {
     /// Half-written temporary files and empty job directories (local only).
     pub temp_files_deleted: u64,
     pub empty_dirs_removed: u64,
-    /// Deletes the store refused; the first few reasons are in `errors`.
+    /// Deletes the store refused, or a listing that broke off; the first
+    /// few reasons are in `errors`.
     pub failed: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// Stopped by a signal before the sweep ended.
+    /// What would stop `--execute` (a dry run goes on and says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Stopped by a signal, or the listing failed, before the sweep ended.
     #[serde(default)]
     pub interrupted: bool,
+    /// Why the run could not be recorded in the job store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_error: Option<String>,
+}
+
+/// A live payload as gc reads it: only its file reference, so fields that
+/// a newer API writes cannot hide one.
+#[derive(Deserialize)]
+struct Referenced {
+    #[serde(default)]
+    file_ref: Option<serde_json::Value>,
 }
 
 /// The fleet's GC record, as `/metrics` exports it.
@@ -80,7 +105,8 @@ pub struct Totals {
     pub dry_runs: u64,
     pub files_deleted: u64,
     pub bytes_freed: u64,
-    /// The last executing run: when it finished and how long it took.
+    /// The last complete executing run ([`Run::complete`]): when it
+    /// finished and how long it took.
     pub last_run_at: Option<f64>,
     pub last_duration_seconds: Option<f64>,
 }
@@ -102,14 +128,13 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
     let ledger = open_ledger(&config).await?;
     let files = Files::open(&config).context("cannot open file storage")?;
     files
-        .check()
+        .check_uploads()
         .await
         .with_context(|| format!("file storage ({}) is not usable", files.backend()))?;
-    let run = sweep(&files, ledger.as_ref(), retention, options, shutdown).await?;
-    ledger
-        .record_gc(&run)
-        .await
-        .context("the sweep finished but could not be recorded in the job store")?;
+    let mut run = sweep(&files, ledger.as_ref(), retention, options, shutdown).await?;
+    if let Err(error) = ledger.record_gc(&run).await {
+        run.record_error = Some(error.to_string());
+    }
     Ok(Some(run))
 }
 
@@ -132,19 +157,20 @@ pub async fn sweep(
     let started = Instant::now();
     let now = SystemTime::now();
     let cutoff = now.checked_sub(retention).unwrap_or(SystemTime::UNIX_EPOCH);
-    let live: HashSet<String> = ledger
-        .live_files()
-        .await
-        .context("cannot read the live jobs from the job store")?
-        .iter()
-        .filter_map(|file| files.upload_key(file))
-        .collect();
+    let mut warnings = vec![];
+    warnings.extend(wrong_store(files, ledger).await?);
+    let (live, unplaced) = live_keys(files, ledger).await?;
+    warnings.extend(unplaced);
+    if options.execute && !warnings.is_empty() {
+        anyhow::bail!("nothing was deleted: {}", warnings.join("; "));
+    }
     let mut run = Run {
         run_id: uuid::Uuid::new_v4().simple().to_string(),
         dry_run: !options.execute,
         retention_seconds: retention.as_secs(),
         started_at: crate::app::now(),
         live_files: live.len() as u64,
+        warnings,
         ..Run::default()
     };
     let bar = progress(options.progress);
@@ -158,8 +184,17 @@ pub async fn sweep(
                 None
             }
         };
-        let Some(listed) = listed else { break };
-        let listed = listed.context("cannot list the uploads")?;
+        let listed = match listed {
+            None => break,
+            Some(Ok(listed)) => listed,
+            // What was deleted so far is still reported and recorded.
+            Some(Err(error)) => {
+                run.failed += 1;
+                run.errors.push(format!("listing the uploads broke off: {error}"));
+                run.interrupted = true;
+                break;
+            }
+        };
         run.scanned += 1;
         match verdict(&listed, &live, cutoff) {
             Verdict::Live => run.kept_live += 1,
@@ -191,6 +226,56 @@ pub async fn sweep(
     bar.finish_and_clear();
     run.finished_at = run.started_at + started.elapsed().as_secs_f64();
     Ok(run)
+}
+
+/// Why the job store does not describe this gc's uploads, if it does not.
+async fn wrong_store(files: &Files, ledger: &dyn GcLedger) -> anyhow::Result<Option<String>> {
+    let mine = files.uploads_location();
+    let service = ledger.storage_location().await.context("cannot read the job store")?;
+    Ok(match service {
+        Some(service) if service == mine => None,
+        Some(service) => Some(format!(
+            "the service stores uploads at {service}, this gc would sweep {mine}: give it the same storage settings"
+        )),
+        None => Some(
+            "no dedup2d serve or work has recorded its uploads location in this job store: is it the \
+             service's (DEDUP2D_DATA_DIR, or DEDUP2D_REDIS_URL and DEDUP2D_REDIS_KEY_PREFIX)?"
+                .to_string(),
+        ),
+    })
+}
+
+/// The upload keys live jobs reference, and a warning when some live
+/// references cannot be placed in this gc's uploads area.
+async fn live_keys(files: &Files, ledger: &dyn GcLedger) -> anyhow::Result<(HashSet<String>, Option<String>)> {
+    let payloads = ledger
+        .live_payloads()
+        .await
+        .context("cannot read the live jobs from the job store")?;
+    let mut live = HashSet::new();
+    let mut unplaced = Vec::new();
+    for payload in &payloads {
+        let reference = match serde_json::from_str::<Referenced>(payload) {
+            Ok(Referenced { file_ref: None }) => continue,
+            Ok(Referenced { file_ref: Some(value) }) => serde_json::from_value::<FileRef>(value.clone())
+                .ok()
+                .and_then(|file| files.upload_key(&file))
+                .ok_or_else(|| value.to_string()),
+            Err(e) => Err(format!("a payload that does not read ({e})")),
+        };
+        match reference {
+            Ok(key) => drop(live.insert(key)),
+            Err(what) => unplaced.push(what),
+        }
+    }
+    let warning = unplaced.first().map(|first| {
+        format!(
+            "{} live jobs reference files outside {} (first: {first}): give gc the service's storage settings",
+            unplaced.len(),
+            files.uploads_location()
+        )
+    });
+    Ok((live, warning))
 }
 
 enum Verdict {
@@ -254,6 +339,12 @@ impl Run {
         self.finished_at - self.started_at
     }
 
+    /// A run that swept everything and deleted all it meant to: only
+    /// those keep `Dedup2DGCNotRunning` quiet.
+    pub fn complete(&self) -> bool {
+        !self.dry_run && !self.interrupted && self.failed == 0
+    }
+
     /// The summary a person reads.
     pub fn render(&self) -> String {
         let verb = if self.dry_run { "would delete" } else { "deleted" };
@@ -278,8 +369,14 @@ impl Run {
             self.duration_seconds(),
             if self.interrupted { "; interrupted" } else { "" },
         );
+        for warning in &self.warnings {
+            out.push_str(&format!("  warning: {warning}\n"));
+        }
         for error in &self.errors {
             out.push_str(&format!("  failed: {error}\n"));
+        }
+        if let Some(error) = &self.record_error {
+            out.push_str(&format!("  not recorded in the job store: {error}\n"));
         }
         out
     }

@@ -29,7 +29,6 @@ use crate::gc::{GcLedger, Run as GcRun, Totals as GcTotals};
 use crate::jobs::{
     CancelOutcome, Claim, Claimed, Counts, Delivery, Job, JobError, JobStore, Lease, NewJob, Outcome, Payload, Status,
 };
-use crate::store::FileRef;
 use crate::telemetry as t;
 
 mod library;
@@ -93,6 +92,16 @@ impl Keys {
     /// The last 100 `dedup2d gc` summaries, newest first (JSON).
     fn gc_runs(&self) -> String {
         format!("{}:gc:runs", self.prefix)
+    }
+
+    /// Says a gc run was recorded (a week), so a resend counts once.
+    fn gc_run(&self, run_id: &str) -> String {
+        format!("{}:gc:run:{run_id}", self.prefix)
+    }
+
+    /// Where the service stores uploads, for gc to check its own against.
+    fn storage(&self) -> String {
+        format!("{}:storage", self.prefix)
     }
 }
 
@@ -190,6 +199,7 @@ struct Scripts {
     requeue_dead: Script,
     replace_payload: Script,
     record_gc: Script,
+    live_ids: Script,
     take_callback: Script,
     record_callback: Script,
 }
@@ -425,6 +435,15 @@ redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
 return 1
 "#;
 
+/// KEYS: active, queue, dead. Every id a job that may still run has.
+const LIVE_IDS: &str = r#"
+local ids = redis.call('SMEMBERS', KEYS[1])
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  for _, id in ipairs(redis.call('LRANGE', key, 0, -1)) do ids[#ids + 1] = id end
+end
+return ids
+"#;
+
 /// KEYS: callbacks. ARGV: now, hold, prefix. The earliest due callback,
 /// held until now + hold: {id, tenant, status, started_at, finished_at,
 /// error, url, attempts, result}; {} when none is due. Entries whose job
@@ -468,18 +487,20 @@ if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('EXPIRE', KEYS[3], ttl) en
 return 1
 "#;
 
-/// KEYS: gc totals, gc runs. ARGV: run id, dry run (1/0), deleted, bytes
-/// freed, finished at, duration, summary. The run id makes a resent
-/// record (see ADMIT) count once.
+/// KEYS: gc totals, gc runs, this run's marker. ARGV: run id, dry run
+/// (1/0), deleted, bytes freed, finished at, duration, summary, complete
+/// (1/0). The marker (kept a week) makes a resent record (see ADMIT)
+/// count once; only a complete run moves `last_run_at`.
 const RECORD_GC: &str = r#"
-if redis.call('HGET', KEYS[1], 'last_run_id') == ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'last_run_id', ARGV[1])
+if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', 604800) then return 0 end
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'dry_runs', 1)
 else
   redis.call('HINCRBY', KEYS[1], 'runs', 1)
   redis.call('HINCRBY', KEYS[1], 'files_deleted', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'bytes_freed', ARGV[4])
+end
+if ARGV[8] == '1' then
   redis.call('HSET', KEYS[1], 'last_run_at', ARGV[5], 'last_duration_seconds', ARGV[6])
 end
 redis.call('LPUSH', KEYS[2], ARGV[7])
@@ -523,6 +544,7 @@ impl RedisJobs {
                 requeue_dead: Script::from_lua(REQUEUE_DEAD),
                 replace_payload: Script::from_lua(REPLACE_PAYLOAD),
                 record_gc: Script::from_lua(RECORD_GC),
+                live_ids: Script::from_lua(LIVE_IDS),
                 take_callback: Script::from_lua(TAKE_CALLBACK),
                 record_callback: Script::from_lua(RECORD_CALLBACK),
             },
@@ -703,28 +725,35 @@ const MGET_CHUNK: usize = 500;
 
 #[async_trait]
 impl GcLedger for RedisJobs {
-    async fn live_files(&self) -> Result<Vec<FileRef>, JobError> {
-        let mut ids: Vec<String> = self.client.smembers(self.keys.active()).await.map_err(unavailable)?;
-        ids.extend(self.queued().await?);
-        ids.extend(self.dead_letters().await?);
+    async fn live_payloads(&self) -> Result<Vec<String>, JobError> {
+        // One script, so a job moving between the three (a replay of the
+        // dead letters) cannot be missed between reads.
+        let keys = vec![self.keys.active(), self.keys.queue.clone(), self.keys.dead()];
+        let mut ids: Vec<String> = self.run(&self.scripts.live_ids, keys, vec![]).await?;
         ids.sort_unstable();
         ids.dedup();
-        let mut files = Vec::new();
+        let mut live = Vec::new();
         for chunk in ids.chunks(MGET_CHUNK) {
             let keys: Vec<String> = chunk.iter().map(|id| self.keys.payload(id)).collect();
             let payloads: Vec<Option<String>> = self.client.mget(keys).await.map_err(unavailable)?;
-            files.extend(
-                payloads
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| serde_json::from_str::<Payload>(p).ok()?.file_ref),
-            );
+            live.extend(payloads.into_iter().flatten());
         }
-        Ok(files)
+        Ok(live)
+    }
+
+    async fn storage_location(&self) -> Result<Option<String>, JobError> {
+        self.client.get(self.keys.storage()).await.map_err(unavailable)
+    }
+
+    async fn set_storage_location(&self, location: &str) -> Result<(), JobError> {
+        self.client
+            .set::<(), _, _>(self.keys.storage(), location, None, None, false)
+            .await
+            .map_err(unavailable)
     }
 
     async fn record_gc(&self, run: &GcRun) -> Result<(), JobError> {
-        let keys = vec![self.keys.gc(), self.keys.gc_runs()];
+        let keys = vec![self.keys.gc(), self.keys.gc_runs(), self.keys.gc_run(&run.run_id)];
         let args = vec![
             run.run_id.clone(),
             if run.dry_run { "1" } else { "0" }.to_string(),
@@ -733,6 +762,7 @@ impl GcLedger for RedisJobs {
             run.finished_at.to_string(),
             run.duration_seconds().to_string(),
             to_json(run)?,
+            if run.complete() { "1" } else { "0" }.to_string(),
         ];
         let _: i64 = self.run(&self.scripts.record_gc, keys, args).await?;
         Ok(())

@@ -124,10 +124,23 @@ impl Files {
     }
 
     pub fn local(uploads_root: &FsPath, library_root: &FsPath) -> Result<Files, StoreError> {
-        Ok(Files {
+        let files = Files {
             uploads: Area::local(uploads_root)?,
             library: Area::local(library_root)?,
-        })
+        };
+        // The config loader compares the paths as written; `..` and
+        // symlinks show only now. gc sweeps the uploads root.
+        if let (Place::Local { root: uploads }, Place::Local { root: library }) =
+            (&files.uploads.place, &files.library.place)
+            && (uploads.starts_with(library) || library.starts_with(uploads))
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the uploads directory {} and the library {} overlap; set DEDUP2D_FILE_STORAGE_DIR apart",
+                uploads.display(),
+                library.display()
+            )));
+        }
+        Ok(files)
     }
 
     /// Uploads under `prefix`, drawings under `library_prefix`, one bucket.
@@ -201,15 +214,23 @@ impl Files {
     /// Readiness: both areas accept a write (the directory or the bucket
     /// exists, the credentials are good).
     pub async fn check(&self) -> Result<(), StoreError> {
-        for area in [&self.uploads, &self.library] {
-            let probe = area.object(&format!(".ready-{}", uuid::Uuid::new_v4().simple()));
-            area.store
-                .put(&probe, PutPayload::from_static(b"ok"))
-                .await
-                .map_err(|e| area.describe(e))?;
-            area.store.delete(&probe).await?;
+        self.uploads.check().await?;
+        self.library.check().await
+    }
+
+    /// The uploads area alone accepts a write: all gc needs, and all a gc
+    /// role limited to the uploads prefix may do.
+    pub async fn check_uploads(&self) -> Result<(), StoreError> {
+        self.uploads.check().await
+    }
+
+    /// Where uploads go, as `local:<root>` or `s3:<bucket>/<prefix>`: gc
+    /// compares the service's with its own before it deletes anything.
+    pub fn uploads_location(&self) -> String {
+        match &self.uploads.place {
+            Place::Local { root } => format!("local:{}", root.display()),
+            Place::S3 { bucket, prefix } => format!("s3:{bucket}/{prefix}"),
         }
-        Ok(())
     }
 
     /// The key of a reference into the uploads area, comparable with
@@ -247,7 +268,12 @@ impl Files {
     pub async fn delete_upload(&self, key: &str) -> Result<(), StoreError> {
         let area = &self.uploads;
         let inside = match &area.place {
-            Place::Local { .. } => true,
+            // The local listing follows symlinks: a job directory that is
+            // one would lead a delete out of the root.
+            Place::Local { root } => key
+                .split('/')
+                .next()
+                .is_some_and(|dir| std::fs::symlink_metadata(root.join(dir)).is_ok_and(|m| m.file_type().is_dir())),
             Place::S3 { prefix, .. } => key.strip_prefix(prefix.as_str()).is_some_and(|k| k.starts_with('/')),
         };
         if !inside {
@@ -302,6 +328,15 @@ impl Area {
             store: Arc::new(store),
             place: Place::Local { root },
         })
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let probe = self.object(&format!(".ready-{}", uuid::Uuid::new_v4().simple()));
+        self.store
+            .put(&probe, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(|e| self.describe(e))?;
+        Ok(self.store.delete(&probe).await?)
     }
 
     fn backend(&self) -> &'static str {
@@ -397,17 +432,18 @@ impl Area {
 /// The kind of an object from its path under the uploads root.
 fn classify(parts: &[&str]) -> Found {
     let upload_name = |name: &str| {
-        name.len() > 33
-            && name.as_bytes()[..32]
-                .iter()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            && name.as_bytes()[32] == b'_'
+        name.len() > 33 && name.is_char_boundary(32) && is_uuid_hex(&name[..32]) && name.as_bytes()[32] == b'_'
     };
     match parts {
         [dir, name] if !dir.is_empty() && upload_name(name) => Found::Upload,
-        [name] if name.starts_with(".ready-") => Found::Probe,
+        [name] if name.strip_prefix(".ready-").is_some_and(is_uuid_hex) => Found::Probe,
         _ => Found::Foreign,
     }
+}
+
+/// A uuid's 32 lowercase hex digits, as `unique_key` and probes write it.
+fn is_uuid_hex(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// object_store writes `<name>#<digits>` and renames it into place.
@@ -547,13 +583,15 @@ mod tests {
     fn only_upload_shaped_keys_count_as_uploads() {
         let hex = "0123456789abcdef0123456789abcdef";
         assert_eq!(classify(&["job1", &format!("{hex}_a.png")]), Found::Upload);
-        assert_eq!(classify(&[".ready-x"]), Found::Probe);
+        assert_eq!(classify(&[&format!(".ready-{hex}")]), Found::Probe);
+        assert_eq!(classify(&[".ready-x"]), Found::Foreign);
         for foreign in [
             vec!["job1", "a.png"],
             vec!["notes.txt"],
             vec!["a", "b", &format!("{hex}_a.png")],
             vec!["job1", &format!("{}_a.png", hex.to_uppercase())],
             vec!["job1", &format!("{hex}_")],
+            vec!["job1", "零件零件零件零件零件零件零件零件零件零件零件_a.png"],
         ] {
             assert_eq!(classify(&foreign), Found::Foreign, "{foreign:?}");
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use dedup2d::config::{Config, Sources};
 use dedup2d::gc::{self, Run};
-use dedup2d::jobs::{JobStore, NewJob, Payload};
+use dedup2d::jobs::{Claim, JobStore, NewJob, Payload};
 use dedup2d::queue::{Keys, Redis, Timing};
 use dedup2d::store::{FileRef, Files};
 use serde_json::Value;
@@ -51,6 +51,8 @@ fn embedded_config(data_dir: &Path) -> Config {
     let vars = HashMap::from([
         ("DEDUP2D_DATA_DIR".to_string(), data_dir.display().to_string()),
         ("DEDUP2D_LOG".to_string(), "warn".to_string()),
+        // Files made two hours old are past it; new ones are not.
+        ("DEDUP2D_FILE_STORAGE_RETENTION_SECONDS".to_string(), "5400".to_string()),
     ]);
     Config::load(&Sources::from_env(vars)).unwrap()
 }
@@ -155,6 +157,15 @@ async fn gc_needs_the_database_of_the_data_dir_and_off_means_nothing_scanned() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("DEDUP2D_DATA_DIR"), "{err:#}");
     assert!(!dir.path().join("typo").exists(), "a failed gc creates nothing");
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    std::fs::write(dir.path().join("empty/dedup2d.db"), b"").unwrap();
+    let empty = embedded_config(&dir.path().join("empty"));
+    let options = gc::Options {
+        execute: true,
+        progress: false,
+    };
+    let err = gc::run(empty, options, CancellationToken::new()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no jobs table"), "{err:#}");
 
     let vars = HashMap::from([
         ("DEDUP2D_DATA_DIR".to_string(), dir.path().display().to_string()),
@@ -222,6 +233,14 @@ async fn gc_binary(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (bool, Va
     )
 }
 
+fn job(id: &str, file: FileRef) -> NewJob {
+    NewJob {
+        job_id: id.into(),
+        created_at: 1.0,
+        payload: payload(file),
+    }
+}
+
 #[tokio::test]
 async fn gc_on_s3_and_redis_keeps_live_jobs_files_and_deletes_orphans() {
     let cluster = Cluster::start().await;
@@ -233,18 +252,13 @@ async fn gc_on_s3_and_redis_keeps_live_jobs_files_and_deletes_orphans() {
         ttl_seconds: 3600,
     };
     let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
-    let live = old_upload(&s3, &files, "queued-job").await;
-    queue
-        .admit(
-            NewJob {
-                job_id: "queued-job".into(),
-                created_at: 1.0,
-                payload: payload(live.clone()),
-            },
-            100,
-        )
-        .await
-        .unwrap();
+    // Live: one running, one dead-lettered (a replay runs it), one queued.
+    for id in ["running-job", "dead-job", "queued-job"] {
+        let file = old_upload(&s3, &files, id).await;
+        queue.admit(job(id, file), 100).await.unwrap();
+    }
+    assert!(matches!(queue.claim(2.0, 5).await.unwrap(), Claim::Run(_)));
+    assert!(matches!(queue.claim(2.0, 0).await.unwrap(), Claim::Failed { .. }));
     let orphan = old_upload(&s3, &files, "forgotten-job").await;
     let young = files.put_upload("new-job", "q.png", Bytes::from(png(2))).await.unwrap();
     let drawing = files.put_drawing("tenant", "d.png", Bytes::from(png(3))).await.unwrap();
@@ -252,10 +266,11 @@ async fn gc_on_s3_and_redis_keeps_live_jobs_files_and_deletes_orphans() {
         panic!()
     };
     age(&s3.dir.path().join(BUCKET).join(drawing_key));
+    let sibling = old_file(&s3.dir.path().join(BUCKET).join("uploads-old/old-job").join(UPLOAD_NAME));
 
     let listed: Vec<_> = futures_util::StreamExt::collect::<Vec<_>>(files.list_uploads()).await;
     let listed: Vec<_> = listed.into_iter().map(Result::unwrap).collect();
-    assert_eq!(listed.len(), 3, "the library is not under the uploads prefix");
+    assert_eq!(listed.len(), 5, "only what is under uploads/");
     let orphan_key = files.upload_key(&orphan).unwrap();
     let orphan_listed = listed.iter().find(|l| l.key == orphan_key).unwrap();
     let listed_age = SystemTime::now().duration_since(orphan_listed.modified).unwrap();
@@ -270,36 +285,87 @@ async fn gc_on_s3_and_redis_keeps_live_jobs_files_and_deletes_orphans() {
         ("DEDUP2D_ASYNC_BACKEND", "redis"),
         ("DEDUP2D_REDIS_URL", redis_url.as_str()),
     ]);
+    // An API process of the fleet records where uploads go.
+    let _api = cluster.api(&env).await;
     let all_keys = || s3.keys_under("");
     let before = all_keys();
-    let (ok, dry, stderr) = gc_binary(&["gc", "--json"], &env, cluster.data_dir.parent().unwrap()).await;
+    let cwd = cluster.data_dir.parent().unwrap();
+    let (ok, dry, stderr) = gc_binary(&["gc", "--json", "--retention-seconds", "3600"], &env, cwd).await;
     assert!(ok, "{stderr}");
     assert_eq!(all_keys(), before, "a dry run deletes nothing");
+    let counts = |r: &Value| ["scanned", "kept_live", "kept_young", "deleted"].map(|k| r[k].as_u64().unwrap_or(99));
     assert_eq!(
-        (dry["dry_run"].as_bool(), dry["deleted"].as_u64()),
-        (Some(true), Some(1)),
-        "{dry}"
-    );
-    assert_eq!(
-        (dry["kept_live"].as_u64(), dry["kept_young"].as_u64()),
-        (Some(1), Some(1)),
+        (dry["dry_run"].as_bool(), counts(&dry)),
+        (Some(true), [5, 3, 1, 1]),
         "{dry}"
     );
 
-    let (ok, done, stderr) = gc_binary(&["gc", "--execute", "--json"], &env, cluster.data_dir.parent().unwrap()).await;
+    let (ok, done, stderr) = gc_binary(&["gc", "--execute", "--json"], &env, cwd).await;
     assert!(ok, "{stderr}");
-    assert_eq!(done["deleted"], 1, "{done}");
+    assert_eq!(counts(&done), [5, 3, 1, 1], "{done}");
     assert_eq!(done["bytes_freed"], png(1).len(), "{done}");
     assert!(files.get(&orphan).await.is_err(), "the orphan is gone");
-    for kept in [&live, &young, &drawing] {
-        assert!(files.get(kept).await.is_ok(), "{kept:?} was deleted");
+    for (id, kept) in listed.iter().filter(|l| l.key != orphan_key).enumerate() {
+        assert!(all_keys().contains(&kept.key), "{id}: {} was deleted", kept.key);
     }
+    assert!(files.get(&young).await.is_ok() && files.get(&drawing).await.is_ok());
+    assert!(sibling.exists(), "a sibling prefix is not ours");
 
     // A worker of the fleet exports what the runs recorded.
     let worker = cluster.worker(&env).await;
     assert_eq!(worker.metric("dedup2d_gc_runs_total{mode=\"execute\"}").await, 1.0);
     assert_eq!(worker.metric("dedup2d_gc_runs_total{mode=\"dry_run\"}").await, 1.0);
     assert_eq!(worker.metric("dedup2d_gc_files_deleted_total").await, 1.0);
+    assert!(worker.metric("dedup2d_gc_last_run_timestamp_seconds").await > 0.0);
+}
+
+#[tokio::test]
+async fn gc_deletes_nothing_when_the_job_store_is_not_the_services() {
+    let cluster = Cluster::start().await;
+    let s3 = S3Server::start().await;
+    let files = Files::s3(&s3.config(BUCKET, SECRET_KEY)).unwrap();
+    let orphan = old_upload(&s3, &files, "forgotten-job").await;
+    let redis_url = cluster.redis.url();
+    let mut env = s3.env(SECRET_KEY);
+    env.extend([
+        ("DEDUP2D_ASYNC_BACKEND", "redis"),
+        ("DEDUP2D_REDIS_URL", redis_url.as_str()),
+    ]);
+    let cwd = cluster.data_dir.parent().unwrap();
+    let refused = |why: &'static str| {
+        let env = env.clone();
+        async move {
+            let (ok, _, stderr) = gc_binary(&["gc", "--execute"], &env, cwd).await;
+            assert!(
+                !ok && stderr.contains("nothing was deleted") && stderr.contains(why),
+                "{stderr}"
+            );
+            let (ok, dry, stderr) = gc_binary(&["gc", "--json"], &env, cwd).await;
+            assert!(ok, "{stderr}");
+            assert!(dry["warnings"][0].as_str().unwrap().contains(why), "{dry}");
+        }
+    };
+    // No serve or work has used this Redis.
+    refused("no dedup2d serve or work").await;
+    // One that stores uploads elsewhere.
+    let other = [env.as_slice(), &[("DEDUP2D_S3_PREFIX", "elsewhere")]].concat();
+    drop(cluster.api(&other).await);
+    refused("the service stores uploads at s3:drawings/elsewhere").await;
+    // The service's own, but a live job's file is somewhere gc cannot see.
+    drop(cluster.api(&env).await);
+    let redis = Redis::connect(&redis_url).await.unwrap();
+    let timing = Timing {
+        lease_seconds: 20.0,
+        ttl_seconds: 3600,
+    };
+    let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
+    let elsewhere = FileRef::S3 {
+        bucket: "another-bucket".into(),
+        key: "uploads/j/x.png".into(),
+    };
+    queue.admit(job("elsewhere-job", elsewhere), 100).await.unwrap();
+    refused("1 live jobs reference files outside").await;
+    assert!(files.get(&orphan).await.is_ok());
 }
 
 #[tokio::test]

@@ -44,12 +44,14 @@ pub struct Runners {
 }
 
 pub async fn run(app: Arc<App>, runners: Runners, shutdown: CancellationToken) {
+    metrics::gauge!(t::RUNNERS).increment(runners.count as f64);
     let loops: Vec<_> = (0..runners.count)
         .map(|slot| tokio::spawn(claim_loop(app.clone(), shutdown.clone(), slot, runners.once)))
         .collect();
     for handle in loops {
         let _ = handle.await;
     }
+    metrics::gauge!(t::RUNNERS).decrement(runners.count as f64);
 }
 
 async fn claim_loop(app: Arc<App>, shutdown: CancellationToken, slot: usize, once: bool) {

@@ -51,6 +51,7 @@ pub async fn query(app: &App, bytes: Bytes) -> Result<(Query, f64), EngineError>
         engine::query(&bytes, limits).map(|q| (q, started.elapsed().as_secs_f64() * 1000.0))
     })
     .await
+    .inspect(|(_, ms)| metrics::histogram!(t::FINGERPRINT_DURATION_SECONDS).record(ms / 1000.0))
 }
 
 /// The same for a drawing going into a library.
@@ -75,10 +76,13 @@ pub async fn run(
     fingerprint_ms: f64,
 ) -> Result<SearchResult, LibraryError> {
     metrics::counter!(t::SEARCH_MODE_TOTAL, "mode" => params.mode.as_str()).increment(1);
+    let started = Instant::now();
     let result = app
         .library
         .search(tenant_id, query, source, params, fingerprint_ms, app.limits)
         .await?;
+    metrics::histogram!(t::SEARCH_DURATION_SECONDS, "mode" => params.mode.as_str())
+        .record(started.elapsed().as_secs_f64());
     let delta = TenantStats::processed(!result.duplicates.is_empty());
     if let Err(error) = app.stats.increment(tenant_id, delta).await {
         tracing::warn!(message = "stats not counted", %error);

@@ -47,6 +47,10 @@ pub const GC_FILES_DELETED_TOTAL: &str = "dedup2d_gc_files_deleted_total";
 pub const GC_BYTES_FREED_TOTAL: &str = "dedup2d_gc_bytes_freed_total";
 pub const GC_DURATION_SECONDS: &str = "dedup2d_gc_duration_seconds";
 pub const GC_LAST_RUN_TIMESTAMP_SECONDS: &str = "dedup2d_gc_last_run_timestamp_seconds";
+pub const FINGERPRINT_DURATION_SECONDS: &str = "dedup2d_fingerprint_duration_seconds";
+pub const SEARCH_DURATION_SECONDS: &str = "dedup2d_search_duration_seconds";
+pub const ERROR_RATE_EMA: &str = "dedup2d_error_rate_ema";
+pub const RUNNERS: &str = "dedup2d_runners";
 pub const HTTP_REQUESTS_TOTAL: &str = "dedup2d_http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "dedup2d_http_request_duration_seconds";
 
@@ -127,6 +131,19 @@ fn describe() {
     describe_counter!(FILE_DELETES_TOTAL, "File deletes in storage, by backend and status");
     describe_histogram!(FILE_UPLOAD_BYTES, Unit::Bytes, "Size of files written to storage");
     describe_histogram!(FILE_OPERATION_DURATION_SECONDS, Unit::Seconds, "Storage call latency");
+    describe_counter!(
+        VISION_REQUESTS_TOTAL,
+        "Calls to the external vision service, by status (success, error, refused)"
+    );
+    describe_histogram!(
+        VISION_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of one call to the vision service"
+    );
+    describe_gauge!(
+        VISION_CIRCUIT_STATE,
+        "The vision service's circuit breaker: 0 closed, 1 open, 2 half-open"
+    );
     describe_counter!(CALLBACKS_TOTAL, "Callbacks that ended, by status (success, failed)");
     describe_histogram!(
         CALLBACK_DURATION_SECONDS,
@@ -158,6 +175,24 @@ fn describe() {
         Unit::Seconds,
         "When the last executing `dedup2d gc` run finished (0: never)"
     );
+    describe_histogram!(
+        FINGERPRINT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Reading a query drawing: decode or render, hashes, thumbnail"
+    );
+    describe_histogram!(
+        SEARCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Running a search's levels against a tenant's index, by mode"
+    );
+    describe_gauge!(
+        ERROR_RATE_EMA,
+        "Share of this process's HTTP answers that were 5xx, as an exponential moving average over about the last 50"
+    );
+    describe_gauge!(
+        RUNNERS,
+        "Job runner loops this process runs (0 for an API of the distributed mode)"
+    );
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by status class");
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency");
 }
@@ -186,6 +221,9 @@ fn start_at_zero() {
     for status in ["success", "failed"] {
         metrics::counter!(CALLBACKS_TOTAL, "status" => status).absolute(0);
     }
+    for gauge in [ERROR_RATE_EMA, RUNNERS] {
+        metrics::gauge!(gauge).set(0.0);
+    }
     for reason in [
         "private_network",
         "scheme",
@@ -207,6 +245,23 @@ fn start_at_zero() {
     }
 }
 
+/// Each answer's weight in [`ERROR_RATE_EMA`]: about the last 50 answers.
+const ERROR_RATE_WEIGHT: f64 = 0.02;
+
+/// Folds one HTTP answer into `dedup2d_error_rate_ema`.
+pub fn observe_answer(server_error: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static EMA: AtomicU64 = AtomicU64::new(0);
+    let sample = if server_error { 1.0 } else { 0.0 };
+    let mut next = 0.0;
+    let _ = EMA.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        let current = f64::from_bits(bits);
+        next = current + ERROR_RATE_WEIGHT * (sample - current);
+        Some(next.to_bits())
+    });
+    metrics::gauge!(ERROR_RATE_EMA).set(next);
+}
+
 /// Installs the log subscriber. A second call (tests) keeps the first.
 pub fn init_logging(config: &Config) {
     let filter = EnvFilter::builder().parse_lossy(&config.log);
@@ -217,4 +272,52 @@ pub fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The names of this module's metric constants, read from its source so
+    /// a new constant cannot be forgotten here.
+    fn emitted() -> BTreeSet<String> {
+        include_str!("telemetry.rs")
+            .lines()
+            .filter(|line| line.starts_with("pub const ") && line.contains(": &str = \""))
+            .filter_map(|line| line.split('"').nth(1))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Metric names a text mentions; a histogram's series count as it.
+    fn used(text: &str, emitted: &BTreeSet<String>) -> BTreeSet<String> {
+        // File names (`dedup2d_test.yml`) keep their dot and are skipped.
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.')))
+            .filter(|t| (t.starts_with("dedup2d_") || t.starts_with("dedupcad_")) && !t.ends_with('_'))
+            .filter(|t| !t.contains('.'))
+            .map(|t| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| t.strip_suffix(suffix))
+                    .find(|base| emitted.contains(*base))
+                    .unwrap_or(t)
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_and_the_alerts_read_only_metrics_the_binary_emits() {
+        let emitted = emitted();
+        assert!(emitted.len() > 30, "{emitted:?}");
+        let root = env!("CARGO_MANIFEST_DIR");
+        for file in ["dashboards/dedup2d.json", "alerts/dedup2d.yml"] {
+            let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+            let unknown: Vec<String> = used(&text, &emitted).difference(&emitted).cloned().collect();
+            assert!(unknown.is_empty(), "{file} reads metrics nothing emits: {unknown:?}");
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{root}/dashboards/dedup2d.json")).unwrap()).unwrap();
+        assert_eq!(dashboard["uid"], "dedup2d-dashboard");
+    }
 }

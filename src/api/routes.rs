@@ -41,6 +41,7 @@ impl Api {
         let response = reply.unwrap_or_else(|e| error_response(&e));
         let class = format!("{}xx", response.status().as_u16() / 100);
         metrics::counter!(t::HTTP_REQUESTS_TOTAL, "status" => class).increment(1);
+        t::observe_answer(response.status().is_server_error());
         metrics::histogram!(t::HTTP_REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         response
     }

@@ -9,6 +9,7 @@ mod gc;
 mod import;
 mod jobs;
 mod library_redis;
+mod metrics;
 mod payloads;
 mod process;
 mod queue;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::sync::{Notify, Semaphore};
@@ -47,7 +47,12 @@ pub struct App {
     /// Bounds the memory that uploads being received can hold.
     pub upload_permits: Arc<Semaphore>,
     shutting_down: AtomicBool,
+    /// When the storage check last succeeded.
+    storage_ok_at: Mutex<Option<Instant>>,
 }
+
+/// How long a successful storage check stands for `/ready`.
+const STORAGE_CHECK_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What holds jobs and libraries.
 #[derive(Clone)]
@@ -130,6 +135,7 @@ impl App {
             running: Mutex::new(HashMap::new()),
             upload_permits: Arc::new(Semaphore::new(config.max_concurrent_uploads)),
             shutting_down: AtomicBool::new(false),
+            storage_ok_at: Mutex::new(None),
             config,
         }))
     }
@@ -163,11 +169,27 @@ impl App {
         Readiness {
             checks: vec![
                 backend,
-                ("storage", self.files.check().await.map_err(|e| e.to_string())),
+                ("storage", self.storage_check().await),
                 ("accepting", accepting),
             ],
             warnings,
         }
+    }
+
+    /// The storage check writes a probe object, so a success is trusted for
+    /// [`STORAGE_CHECK_KEPT`]: probes every few seconds from every pod
+    /// would be a steady stream of S3 writes. A failure is checked again on
+    /// the next probe, so recovery shows at once.
+    async fn storage_check(&self) -> Result<(), String> {
+        let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < STORAGE_CHECK_KEPT);
+        if fresh(&self.storage_ok_at.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(());
+        }
+        let checked = self.files.check().await.map_err(|e| e.to_string());
+        if checked.is_ok() {
+            *self.storage_ok_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        checked
     }
 
     pub fn begin_shutdown(&self) {

@@ -245,6 +245,16 @@ fn start_at_zero() {
     }
 }
 
+/// Every metric name declared above, read from this file's source, so the
+/// tests that check dashboards, alerts and scrapes cannot miss a new one.
+pub fn declared_names() -> Vec<&'static str> {
+    include_str!("telemetry.rs")
+        .lines()
+        .filter(|line| line.starts_with("pub const ") && line.contains(": &str = \""))
+        .filter_map(|line| line.split('"').nth(1))
+        .collect()
+}
+
 /// Each answer's weight in [`ERROR_RATE_EMA`]: about the last 50 answers.
 const ERROR_RATE_WEIGHT: f64 = 0.02;
 
@@ -278,15 +288,8 @@ pub fn init_logging(config: &Config) {
 mod tests {
     use std::collections::BTreeSet;
 
-    /// The names of this module's metric constants, read from its source so
-    /// a new constant cannot be forgotten here.
     fn emitted() -> BTreeSet<String> {
-        include_str!("telemetry.rs")
-            .lines()
-            .filter(|line| line.starts_with("pub const ") && line.contains(": &str = \""))
-            .filter_map(|line| line.split('"').nth(1))
-            .map(str::to_string)
-            .collect()
+        super::declared_names().into_iter().map(str::to_string).collect()
     }
 
     /// Metric names a text mentions; a histogram's series count as it.

@@ -37,12 +37,17 @@ pub struct Api {
 impl Api {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        // Probes and scrapes are not traffic: counted, a /ready that says
+        // 503 during a Redis blip would read as an error rate.
+        let operational = matches!(request.uri().path(), "/health" | "/ready" | "/metrics");
         let reply = self.route(request).await;
         let response = reply.unwrap_or_else(|e| error_response(&e));
-        let class = format!("{}xx", response.status().as_u16() / 100);
-        metrics::counter!(t::HTTP_REQUESTS_TOTAL, "status" => class).increment(1);
-        t::observe_answer(response.status().is_server_error());
-        metrics::histogram!(t::HTTP_REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        if !operational {
+            let class = format!("{}xx", response.status().as_u16() / 100);
+            metrics::counter!(t::HTTP_REQUESTS_TOTAL, "status" => class).increment(1);
+            t::observe_answer(response.status().is_server_error());
+            metrics::histogram!(t::HTTP_REQUEST_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        }
         response
     }
 

@@ -88,8 +88,8 @@ which every mode renders. */}}
 {{- if .Values.api.autoscaling.enabled }}
 {{- fail "mode embedded runs exactly one API pod (one process owns the data dir): api.autoscaling needs mode distributed" }}
 {{- end }}
-{{- if and .Values.gc.enabled (or (not .Values.persistence.enabled) (not $rwx)) }}
-{{- fail "gc in mode embedded opens the API pod's data volume; a ReadWriteOnce volume (or an emptyDir) cannot be mounted by the gc pod too. Set gc.enabled=false, or use a ReadWriteMany persistence.accessModes" }}
+{{- if .Values.gc.enabled }}
+{{- fail "gc in mode embedded would open the serve pod's SQLite database from a second pod, which SQLite (WAL) does not support across hosts. Set gc.enabled=false and run `kubectl exec deploy/<release> -- dedup2d gc --execute` (see NOTES), or use mode distributed" }}
 {{- end }}
 {{- end }}
 {{- range $key := list "DEDUP2D_LISTEN" "DEDUP2D_DATA_DIR" "DEDUP2D_API_KEYS" "API_KEYS" "API_KEY" "DEDUP2D_ASYNC_BACKEND" "DEDUP2D_WORKER_METRICS_LISTEN" "DEDUP2D_REDIS_URL" "REDIS_URL" "DEDUP2D_FILE_STORAGE" "DEDUP2D_S3_BUCKET" "DEDUP2D_S3_ENDPOINT" "DEDUP2D_S3_REGION" "DEDUP2D_S3_ACCESS_KEY" "DEDUP2D_S3_SECRET_KEY" "DEDUP2D_S3_SESSION_TOKEN" "AWS_ACCESS_KEY_ID" "AWS_SECRET_ACCESS_KEY" "AWS_SESSION_TOKEN" "DEDUP2D_CALLBACK_HMAC_SECRET" }}

@@ -348,14 +348,8 @@ fn service<F>(config: &Config, command: impl FnOnce(CancellationToken) -> F) -> 
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    crate::telemetry::init_logging(config);
     crate::telemetry::metrics_handle();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
-        command(shutdown).await
-    })
+    tool(config, command)
 }
 
 /// Runs a one-shot maintenance command with logs, stopping it early on

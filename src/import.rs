@@ -391,7 +391,9 @@ fn local_failure(file: &str, error: &std::io::Error) -> Failed {
     }
 }
 
-fn progress_bar(shown: bool, len: usize, prefix: &'static str) -> ProgressBar {
+/// A bar on stderr, or nothing when `shown` is false (not a terminal, or
+/// `--json`); `migrate-payloads` draws the same.
+pub(crate) fn progress_bar(shown: bool, len: usize, prefix: &'static str) -> ProgressBar {
     if !shown {
         return ProgressBar::hidden();
     }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -62,7 +61,7 @@ pub async fn run(config: Config, options: Options, shutdown: CancellationToken) 
         unreachable!("the backend was checked above")
     };
     let queued = jobs.queued().await?;
-    let bar = progress_bar(options.progress, queued.len());
+    let bar = crate::import::progress_bar(options.progress, queued.len(), "migrating");
     let mut summary = Summary {
         dry_run: !options.execute,
         ..Summary::default()
@@ -138,16 +137,6 @@ async fn migrate_one(app: &Arc<App>, jobs: &RedisJobs, job_id: &str, options: Op
         let _ = app.files.delete(stored).await;
     }
     Ok(Change::MovedOn)
-}
-
-fn progress_bar(shown: bool, len: usize) -> ProgressBar {
-    if !shown {
-        return ProgressBar::hidden();
-    }
-    let style = ProgressStyle::with_template("migrating [{bar:40}] {pos}/{len} {elapsed}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    ProgressBar::new(len as u64).with_style(style)
 }
 
 impl Summary {

@@ -202,13 +202,7 @@ impl Files {
     /// Deleting what is already gone succeeds: callers retry after crashes.
     pub async fn delete(&self, file: &FileRef) -> Result<(), StoreError> {
         let (area, key) = self.locate(file)?;
-        let started = Instant::now();
-        let result = match area.store.delete(&key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::from(e)),
-        };
-        area.record(t::FILE_DELETES_TOTAL, "delete", started, &result);
-        result
+        area.delete(&key).await
     }
 
     /// Readiness: both areas accept a write (the directory or the bucket
@@ -279,13 +273,7 @@ impl Files {
         if !inside {
             return Err(StoreError::InvalidRef(format!("{key} is outside the uploads")));
         }
-        let started = Instant::now();
-        let result = match area.store.delete(&Path::from(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::from(e)),
-        };
-        area.record(t::FILE_DELETES_TOTAL, "delete", started, &result);
-        result
+        area.delete(&Path::from(key)).await
     }
 
     /// Local uploads only (S3 has neither): removes what a crash left in
@@ -328,6 +316,18 @@ impl Area {
             store: Arc::new(store),
             place: Place::Local { root },
         })
+    }
+
+    /// Deleting what is already gone succeeds: callers retry after crashes,
+    /// and gc races jobs that clean up after themselves.
+    async fn delete(&self, key: &Path) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::from(e)),
+        };
+        self.record(t::FILE_DELETES_TOTAL, "delete", started, &result);
+        result
     }
 
     async fn check(&self) -> Result<(), StoreError> {

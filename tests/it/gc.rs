@@ -10,8 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use dedup2d::config::{Config, Sources};
 use dedup2d::gc::{self, Run};
-use dedup2d::jobs::{Claim, JobStore, NewJob, Payload};
-use dedup2d::queue::{Keys, Redis, Timing};
+use dedup2d::jobs::{Claim, JobStore, NewJob};
 use dedup2d::store::{FileRef, Files};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -194,19 +193,6 @@ async fn old_upload(s3: &S3Server, files: &Files, job_id: &str) -> FileRef {
     file
 }
 
-fn payload(file: FileRef) -> Payload {
-    Payload {
-        tenant_id: dedup2d::api::LOCAL_TENANT.into(),
-        file_name: "q.png".into(),
-        content_type: "image/png".into(),
-        file_ref: Some(file),
-        file_bytes_b64: None,
-        request_params: Default::default(),
-        callback_url: None,
-        geom_json: None,
-    }
-}
-
 /// Runs the binary off the test's runtime thread, which serves S3.
 async fn gc_binary(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> (bool, Value, String) {
     let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
@@ -237,7 +223,7 @@ fn job(id: &str, file: FileRef) -> NewJob {
     NewJob {
         job_id: id.into(),
         created_at: 1.0,
-        payload: payload(file),
+        payload: payload(Some(file), None),
     }
 }
 
@@ -246,12 +232,7 @@ async fn gc_on_s3_and_redis_keeps_live_jobs_files_and_deletes_orphans() {
     let cluster = Cluster::start().await;
     let s3 = S3Server::start().await;
     let files = Files::s3(&s3.config(BUCKET, SECRET_KEY)).unwrap();
-    let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
-    let timing = Timing {
-        lease_seconds: 20.0,
-        ttl_seconds: 3600,
-    };
-    let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
+    let queue = cluster.queue().await;
     // Live: one running, one dead-lettered (a replay runs it), one queued.
     for id in ["running-job", "dead-job", "queued-job"] {
         let file = old_upload(&s3, &files, id).await;
@@ -353,12 +334,7 @@ async fn gc_deletes_nothing_when_the_job_store_is_not_the_services() {
     refused("the service stores uploads at s3:drawings/elsewhere").await;
     // The service's own, but a live job's file is somewhere gc cannot see.
     drop(cluster.api(&env).await);
-    let redis = Redis::connect(&redis_url).await.unwrap();
-    let timing = Timing {
-        lease_seconds: 20.0,
-        ttl_seconds: 3600,
-    };
-    let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
+    let queue = cluster.queue().await;
     let elsewhere = FileRef::S3 {
         bucket: "another-bucket".into(),
         key: "uploads/j/x.png".into(),

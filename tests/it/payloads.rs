@@ -10,30 +10,15 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use bytes::Bytes;
 use dedup2d::config::{Config, Sources};
-use dedup2d::engine::SearchParams;
 use dedup2d::jobs::{JobStore, NewJob, Payload, PayloadFormat};
 use dedup2d::migrate::{self, Summary};
-use dedup2d::queue::{Keys, Redis, Timing};
-use dedup2d::store::{FileRef, Files};
+use dedup2d::store::Files;
 use fred::prelude::KeysInterface;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::Cluster;
-use crate::support::png;
 use crate::support::process::run;
-
-fn payload(file_ref: Option<FileRef>, inline: Option<&[u8]>) -> Payload {
-    Payload {
-        tenant_id: dedup2d::api::LOCAL_TENANT.into(),
-        file_name: "q.png".into(),
-        content_type: "image/png".into(),
-        file_ref,
-        file_bytes_b64: inline.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-        request_params: SearchParams::default(),
-        callback_url: None,
-        geom_json: None,
-    }
-}
+use crate::support::{payload, png};
 
 #[tokio::test]
 async fn a_mixed_fleet_of_payload_formats_all_complete() {
@@ -130,12 +115,7 @@ async fn the_api_inlines_uploads_only_when_asked_and_only_up_to_the_limit() {
 
 /// Jobs written by other producers, straight into the queue.
 async fn admit(cluster: &Cluster, jobs: impl IntoIterator<Item = (String, Payload)>) {
-    let redis = Redis::connect(&cluster.redis.url()).await.unwrap();
-    let timing = Timing {
-        lease_seconds: 20.0,
-        ttl_seconds: 3600,
-    };
-    let queue = redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing);
+    let queue = cluster.queue().await;
     for (job_id, payload) in jobs {
         let job = NewJob {
             job_id,

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use dedup2d::queue::{Keys, Redis, RedisJobs, Timing};
 use fred::prelude::*;
 
 use super::TestServer;
@@ -50,6 +51,17 @@ impl Cluster {
     pub async fn worker(&self, extra: &[(&str, &str)]) -> Served {
         let url = self.redis.url();
         Served::work(&self.data_dir, free_port(), &self.env(&url, extra)).await
+    }
+
+    /// The job store as `serve` and `work` see it (default prefix and
+    /// queue), for tests that play another producer or a worker.
+    pub async fn queue(&self) -> RedisJobs {
+        let redis = Redis::connect(&self.redis.url()).await.expect("redis");
+        let timing = Timing {
+            lease_seconds: 20.0,
+            ttl_seconds: 3600,
+        };
+        redis.jobs(Keys::new("dedup2d", "dedup2d:queue"), timing)
     }
 
     pub async fn redis_cli(&self) -> Client {

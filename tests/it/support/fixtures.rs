@@ -1,6 +1,24 @@
 //! Drawings made on the spot: distinct PNGs and a small ASCII DXF.
 
+use base64::Engine as _;
+use dedup2d::jobs::Payload;
+use dedup2d::store::FileRef;
 use reqwest::multipart::{Form, Part};
+
+/// A job payload for the local tenant's `q.png`, carrying the file by
+/// reference, inline, both or neither.
+pub fn payload(file_ref: Option<FileRef>, inline: Option<&[u8]>) -> Payload {
+    Payload {
+        tenant_id: dedup2d::api::LOCAL_TENANT.into(),
+        file_name: "q.png".into(),
+        content_type: "image/png".into(),
+        file_ref,
+        file_bytes_b64: inline.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+        request_params: Default::default(),
+        callback_url: None,
+        geom_json: None,
+    }
+}
 
 /// A small line drawing, a different one for each seed: a frame and a few
 /// lines placed by the seed, black on white.
